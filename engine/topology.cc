@@ -1,0 +1,236 @@
+#include "engine/topology.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+namespace mailrail::engine {
+
+std::vector<int> AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+    }
+  }
+  if (cpus.empty()) cpus.push_back(0);
+  return cpus;
+}
+
+Topology::Topology(TopologyConfig config) : config_(std::move(config)) {}
+
+Topology::~Topology() {
+  if (started_) {
+    RequestStop();
+    Wait();
+  }
+}
+
+Stage* Topology::AddStage(std::unique_ptr<Stage> stage, std::vector<ChannelBase*> inputs,
+                          std::vector<ChannelBase*> outputs) {
+  MR_CHECK(!started_) << "AddStage after Start";
+  auto slot = std::make_unique<StageSlot>();
+  slot->stage = std::move(stage);
+  slot->inputs = std::move(inputs);
+  slot->outputs = std::move(outputs);
+  Stage* raw = slot->stage.get();
+  stages_.push_back(std::move(slot));
+  return raw;
+}
+
+base::Status Topology::Place() {
+  const std::size_t stage_count = stages_.size();
+  std::vector<int> allowed = AllowedCpus();
+  const std::size_t cores = config_.allowed_cpus != 0 ? config_.allowed_cpus : allowed.size();
+  std::vector<std::vector<std::size_t>> groups;  // stage indices per thread
+  bool pin = !config_.cpus.empty();
+
+  switch (config_.placement) {
+    case TopologyConfig::Placement::kOneThread:
+      groups.emplace_back(stage_count);
+      std::iota(groups.back().begin(), groups.back().end(), 0);
+      break;
+    case TopologyConfig::Placement::kThreadPerStage:
+      for (std::size_t i = 0; i < stage_count; ++i) groups.push_back({i});
+      break;
+    case TopologyConfig::Placement::kExplicit: {
+      std::map<std::string, std::size_t, std::less<>> by_name;
+      for (std::size_t i = 0; i < stage_count; ++i) by_name[std::string(stages_[i]->stage->name())] = i;
+      std::vector<bool> placed(stage_count, false);
+      for (const auto& names : config_.threads) {
+        groups.emplace_back();
+        for (const auto& name : names) {
+          auto it = by_name.find(name);
+          if (it == by_name.end()) {
+            return base::MakeError("topology.unknown_stage", "topology names unknown stage '" + name + "'");
+          }
+          if (placed[it->second]) {
+            return base::MakeError("topology.stage_twice", "topology places stage '" + name + "' twice");
+          }
+          placed[it->second] = true;
+          groups.back().push_back(it->second);
+        }
+      }
+      for (std::size_t i = 0; i < stage_count; ++i) {
+        if (!placed[i]) {
+          return base::MakeError("topology.unplaced_stage", "topology does not place stage '" +
+                                                                std::string(stages_[i]->stage->name()) + "'");
+        }
+      }
+      break;
+    }
+    case TopologyConfig::Placement::kAuto: {
+      if (cores >= stage_count) {
+        for (std::size_t i = 0; i < stage_count; ++i) groups.push_back({i});
+      } else {
+        // Contiguous runs of stages with roughly equal total cost, one run per core.
+        unsigned total = 0;
+        for (const auto& slot : stages_) total += std::max(1u, slot->stage->cost_hint());
+        groups.resize(cores);
+        unsigned before = 0;
+        for (std::size_t i = 0; i < stage_count; ++i) {
+          const unsigned cost = std::max(1u, stages_[i]->stage->cost_hint());
+          // The stage goes to the thread whose share contains the midpoint of its cost.
+          const std::size_t thread = std::min<std::size_t>(cores - 1, (2 * before + cost) * cores / (2 * total));
+          groups[thread].push_back(i);
+          before += cost;
+        }
+        std::erase_if(groups, [](const auto& g) { return g.empty(); });
+      }
+      pin = pin || groups.size() <= allowed.size();
+      break;
+    }
+  }
+
+  plan_.clear();
+  for (std::size_t t = 0; t < groups.size(); ++t) {
+    auto state = std::make_unique<ThreadState>();
+    if (!config_.cpus.empty()) {
+      state->cpu = config_.cpus[t % config_.cpus.size()];
+    } else if (pin && t < allowed.size()) {
+      state->cpu = allowed[t];
+    }
+    ThreadPlan plan;
+    plan.cpu = state->cpu;
+    for (std::size_t index : groups[t]) {
+      stages_[index]->thread = t;
+      state->stages.push_back(stages_[index].get());
+      plan.stages.emplace_back(stages_[index]->stage->name());
+    }
+    plan_.push_back(std::move(plan));
+    threads_.push_back(std::move(state));
+  }
+  return base::OkStatus();
+}
+
+base::Status Topology::Start() {
+  MR_CHECK(!started_) << "Topology::Start called twice";
+  if (auto placed = Place(); !placed) return placed;
+
+  // Each channel learns the waiters of the threads at its two ends.
+  std::map<const ChannelBase*, Waiter*> producer_of, consumer_of;
+  for (const auto& slot : stages_) {
+    Waiter* waiter = &threads_[slot->thread]->waiter;
+    for (ChannelBase* out : slot->outputs) producer_of[out] = waiter;
+    for (ChannelBase* in : slot->inputs) consumer_of[in] = waiter;
+  }
+  for (const auto& channel : channels_) {
+    channel->set_waiters(producer_of[channel.get()], consumer_of[channel.get()]);
+  }
+
+  started_ = true;
+  for (auto& state : threads_) {
+    state->thread = std::thread([this, raw = state.get()] { RunThread(*raw); });
+    if (state->cpu >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(state->cpu, &set);
+      pthread_setaffinity_np(state->thread.native_handle(), sizeof(set), &set);
+    }
+  }
+  return base::OkStatus();
+}
+
+void Topology::RequestStop() {
+  for (const auto& slot : stages_) slot->stage->RequestStop();
+  for (auto& state : threads_) state->waiter.Notify();
+}
+
+void Topology::Wait() {
+  for (auto& state : threads_) {
+    if (state->thread.joinable()) state->thread.join();
+  }
+}
+
+void Topology::RunThread(ThreadState& state) {
+  std::vector<StageSlot*> running = state.stages;
+  ThreadCounters& counters = *state.counters;
+  const WaitPolicy& wait = config_.wait;
+  std::uint64_t idle = 0;
+
+  // One pass over the thread's stages; finished stages close their outputs and leave the list.
+  auto run_pass = [&]() -> std::size_t {
+    std::size_t handled = 0;
+    for (std::size_t i = 0; i < running.size();) {
+      StageSlot* slot = running[i];
+      handled += slot->stage->RunOnce();
+      if (slot->stage->IsFinished()) {
+        for (ChannelBase* out : slot->outputs) out->Close();
+        running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
+        ++handled;  // a state change counts as progress: re-check the others before parking
+      } else {
+        ++i;
+      }
+    }
+    return handled;
+  };
+
+  while (!running.empty()) {
+    const std::size_t handled = run_pass();
+    if (handled > 0) {
+      counters.items.store(counters.items.load(std::memory_order_relaxed) + handled, std::memory_order_relaxed);
+      counters.busy_rounds.store(counters.busy_rounds.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      idle = 0;
+      continue;
+    }
+    counters.idle_rounds.store(counters.idle_rounds.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    ++idle;
+    if (idle < wait.spin_rounds) {
+      CpuRelax();
+      continue;
+    }
+    if (idle < wait.spin_rounds + wait.yield_rounds) {
+      sched_yield();
+      continue;
+    }
+    Clock::time_point deadline = Clock::time_point::max();
+    for (StageSlot* slot : running) deadline = std::min(deadline, slot->stage->next_deadline());
+    const Clock::time_point now = Clock::now();
+    if (deadline <= now) {
+      idle = 0;  // a timer is due: run the stages again right away
+      continue;
+    }
+    auto timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
+    timeout = std::min<std::chrono::nanoseconds>(timeout, wait.max_park);
+    const std::uint32_t ticket = state.waiter.PrepareToPark();
+    if (run_pass() > 0) {
+      state.waiter.CancelPark();
+      idle = 0;
+      continue;
+    }
+    if (running.empty()) {
+      state.waiter.CancelPark();
+      break;
+    }
+    counters.parks.store(counters.parks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    state.waiter.Park(ticket, timeout);
+    idle = wait.spin_rounds;  // after a wake, yield a little before parking again
+  }
+}
+
+}  // namespace mailrail::engine

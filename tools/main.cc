@@ -1,0 +1,14 @@
+// mailrail: the daemon and its command-line tools.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <mimalloc.h>
+
+int main(int argc, char** argv) {
+  CLI::App app{"mailrail: crash-safe email ingestion engine"};
+  app.require_subcommand(1);
+  auto* version = app.add_subcommand("version", "Print the version and build");
+  version->callback([] { fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version()); });
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}
