@@ -13,7 +13,7 @@
 //   - The consumer copies slots out, then frees them by storing tail_ with release. The producer
 //     loads tail_ with acquire before overwriting those slots, so the consumer's reads
 //     happen-before the producer's next writes to the same slots.
-//   - Each side loads its own index relaxed: only that side ever writes it.
+//   - Each side keeps its own index in a private copy: only that side ever writes it.
 //   - Each side keeps a private cached copy of the other side's index and reloads it (acquire)
 //     only when the cache says full (producer) or empty (consumer). The shared cache line then
 //     moves once per batch, not once per item. No read-modify-write, no CAS, no lock.
@@ -43,7 +43,10 @@ class SpscRing {
 
  public:
   explicit SpscRing(std::size_t capacity)
-      : capacity_(capacity), mask_(capacity - 1), slots_(new T[capacity]) {
+      : capacity_(capacity),
+        mask_(capacity - 1),
+        publish_every_(std::max<std::size_t>(1, std::min<std::size_t>(capacity / 8, 64))),
+        slots_(new T[capacity]) {
     MR_CHECK(capacity >= 2 && (capacity & (capacity - 1)) == 0)
         << "SpscRing capacity must be a power of two >= 2, got " << capacity;
   }
@@ -79,29 +82,41 @@ class SpscRing {
   }
 
   // Consumer. Returns false when the ring is empty.
+  // Freed slots are published lazily: tail_ is stored once every publish_every_ pops, or when the
+  // ring is found empty, so the producer's cache line moves once per publish_every_ items instead
+  // of once per item (the control-variable batching of MCRingBuffer). The producer may therefore
+  // see up to publish_every_ - 1 freed slots as still occupied; it never sees an item early.
   bool TryPop(T& out) {
-    const std::uint64_t tail = consumer_.tail.load(std::memory_order_relaxed);
+    const std::uint64_t tail = consumer_.local_tail;
     if (tail == consumer_.cached_head) {
       consumer_.cached_head = producer_.head.load(std::memory_order_acquire);
-      if (tail == consumer_.cached_head) return false;
+      if (tail == consumer_.cached_head) {
+        PublishTail(tail);
+        return false;
+      }
     }
     out = slots_[tail & mask_];
-    consumer_.tail.store(tail + 1, std::memory_order_release);
+    consumer_.local_tail = tail + 1;
+    if (tail + 1 - consumer_.published_tail >= publish_every_) PublishTail(tail + 1);
     return true;
   }
 
   // Consumer. Pops up to out.size() items with one index publish; returns how many.
   std::size_t TryPopBatch(std::span<T> out) {
-    const std::uint64_t tail = consumer_.tail.load(std::memory_order_relaxed);
+    const std::uint64_t tail = consumer_.local_tail;
     std::size_t available = consumer_.cached_head - tail;
     if (available < out.size()) {
       consumer_.cached_head = producer_.head.load(std::memory_order_acquire);
       available = consumer_.cached_head - tail;
     }
     const std::size_t n = std::min(available, out.size());
-    if (n == 0) return 0;
+    if (n == 0) {
+      PublishTail(tail);
+      return 0;
+    }
     CopyOut(tail, out.data(), n);
-    consumer_.tail.store(tail + n, std::memory_order_release);
+    consumer_.local_tail = tail + n;
+    PublishTail(tail + n);
     return n;
   }
 
@@ -115,6 +130,13 @@ class SpscRing {
   bool empty_approx() const { return size_approx() == 0; }
 
  private:
+  void PublishTail(std::uint64_t tail) {
+    if (tail != consumer_.published_tail) {
+      consumer_.published_tail = tail;
+      consumer_.tail.store(tail, std::memory_order_release);
+    }
+  }
+
   void CopyIn(std::uint64_t head, const T* items, std::size_t n) {
     const std::size_t first = head & mask_;
     const std::size_t until_end = std::min(n, capacity_ - first);
@@ -133,8 +155,10 @@ class SpscRing {
     std::uint64_t cached_tail = 0;  // producer-private
   };
   struct alignas(base::kFalseSharingDistance) ConsumerSide {
-    std::atomic<std::uint64_t> tail{0};
-    std::uint64_t cached_head = 0;  // consumer-private
+    std::atomic<std::uint64_t> tail{0};  // published: slots below it are free for the producer
+    std::uint64_t local_tail = 0;        // consumer-private: next slot to read
+    std::uint64_t published_tail = 0;    // consumer-private: last value stored to tail
+    std::uint64_t cached_head = 0;       // consumer-private
   };
 
   ProducerSide producer_;
@@ -142,6 +166,7 @@ class SpscRing {
   // Read-only after construction; on its own line so neither side's writes evict it.
   alignas(base::kFalseSharingDistance) const std::size_t capacity_;
   const std::size_t mask_;
+  const std::size_t publish_every_;  // single-item pops between tail publications
   const std::unique_ptr<T[]> slots_;
 };
 
