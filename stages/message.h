@@ -8,6 +8,7 @@
 // Reset() clears contents and keeps capacities (raw, arena's first block, record vectors).
 
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "engine/arena.h"
@@ -38,11 +39,30 @@ enum class Outcome : std::uint8_t {
   kDeadLettered,
 };
 
+// DurableAck / DurableAckSink: how a source learns that its messages are durable, so that it
+// may acknowledge upstream (HTTP 202, IMAP flag, Graph delta link, replay checkpoint).
+// The WAL stage calls OnDurable on its own thread, once per commit group, with the acks of every
+// message in that group whose ack_sink is this sink, in LSN order. Implementations must not block
+// (hand the acks to their own thread, e.g. through a queue and an eventfd).
+struct DurableAck {
+  std::uint64_t token = 0;  // Message::ack_token, chosen by the source
+  std::uint64_t lsn = 0;
+};
+
+class DurableAckSink {
+ public:
+  virtual ~DurableAckSink() = default;
+  virtual void OnDurable(std::span<const DurableAck> acks) = 0;
+};
+
 struct Message : engine::PoolSlot {
   std::string raw;  // bytes as received
   InputKind kind = InputKind::kRfc822;
   SourceRef source;
   std::uint64_t lsn = 0;              // WAL log sequence number; 0 until durable
+  DurableAckSink* ack_sink = nullptr; // who to tell when durable (nullptr: nobody waits)
+  std::uint64_t ack_token = 0;
+  bool recovered = false;             // re-fed from the WAL at start-up, not newly received
   std::int64_t received_at_ms = 0;    // Unix ms when accepted
   std::int64_t accepted_ns = 0;       // steady clock at acceptance, for end-to-end latency
   Record record;
@@ -57,6 +77,9 @@ struct Message : engine::PoolSlot {
     source.id.clear();
     source.position.clear();
     lsn = 0;
+    ack_sink = nullptr;
+    ack_token = 0;
+    recovered = false;
     received_at_ms = 0;
     accepted_ns = 0;
     record.Clear();
