@@ -44,6 +44,24 @@ void CountOutcome(Outcome outcome, OutcomeCounters& c) {
   }
 }
 
+void ReportOutcomes(const OutcomeCounters& c, const engine::LatencyHistogram& latency, engine::Snapshot& s) {
+  auto v = [](const std::atomic<std::uint64_t>& n) { return static_cast<double>(n.load(std::memory_order_relaxed)); };
+  const char* help = "messages by final outcome (each message is counted once)";
+  s.Counter("messages_final", v(c.forwarded), {{"outcome", "forwarded"}}, help);
+  s.Counter("messages_final", v(c.duplicates), {{"outcome", "duplicate"}});
+  s.Counter("messages_final", v(c.dropped_by_rule), {{"outcome", "dropped_by_rule"}});
+  s.Counter("messages_final", v(c.quarantined_by_rule), {{"outcome", "quarantined_by_rule"}});
+  s.Counter("messages_final", v(c.quarantined_unparseable), {{"outcome", "quarantined_unparseable"}});
+  s.Counter("messages_final", v(c.dead_lettered), {{"outcome", "dead_lettered"}});
+  s.Quantiles("end_to_end_latency_ns", latency.Take());
+}
+
+void JsonlSink::Report(engine::Snapshot& s) const {
+  s.Counter("stage_messages_in", static_cast<double>(counters_.total()), {{"stage", "forward"}},
+            "messages the stage took from its input");
+  ReportOutcomes(counters_, latency_ns_, s);
+}
+
 base::Result<std::unique_ptr<JsonlSink>> JsonlSink::Create(std::string path, engine::Channel<Message*>* in,
                                                            MessagePool* pool) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -82,8 +100,11 @@ base::Status JsonlSink::WriteBuffer(bool sync) {
 std::size_t JsonlSink::RunOnce() {
   std::array<Message*, 64> batch{};
   const std::size_t n = in_->PopBatch(batch);
+  const std::int64_t now_ns =
+      n == 0 ? 0 : std::chrono::duration_cast<std::chrono::nanoseconds>(engine::Clock::now().time_since_epoch()).count();
   for (std::size_t i = 0; i < n; ++i) {
     Message* msg = batch[i];
+    if (msg->accepted_ns > 0) latency_ns_.Record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns - msg->accepted_ns)));
     const Outcome outcome = FinalOutcome(*msg);
     CountOutcome(outcome, counters_);
     if (outcome == Outcome::kForwarded) {

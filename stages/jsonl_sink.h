@@ -15,6 +15,7 @@
 #include <string>
 
 #include "engine/base/result.h"
+#include "engine/histogram.h"
 #include "engine/stage.h"
 #include "stages/message.h"
 
@@ -41,6 +42,9 @@ struct OutcomeCounters {
 Outcome FinalOutcome(const Message& msg);
 // Adds one message with `outcome` to the counters (single writer: the terminal stage).
 void CountOutcome(Outcome outcome, OutcomeCounters& counters);
+// Reports outcome counters and the end-to-end latency histogram of a terminal stage.
+void ReportOutcomes(const OutcomeCounters& counters, const engine::LatencyHistogram& latency,
+                    engine::Snapshot& snapshot);
 
 class JsonlSink final : public engine::Stage {
  public:
@@ -51,6 +55,8 @@ class JsonlSink final : public engine::Stage {
   std::string_view name() const override { return "forward"; }
   std::size_t RunOnce() override;
   bool IsFinished() const override { return finished_; }
+
+  void Report(engine::Snapshot& snapshot) const override;
 
   const OutcomeCounters& counters() const { return counters_; }
   std::uint64_t durable_lsn() const { return durable_lsn_.load(std::memory_order_acquire); }
@@ -68,6 +74,7 @@ class JsonlSink final : public engine::Stage {
   std::atomic<std::uint64_t> durable_lsn_{0};
   bool finished_ = false;
   OutcomeCounters counters_;
+  engine::LatencyHistogram latency_ns_;  // accepted -> written to the sink
 };
 
 }  // namespace mailrail::stages

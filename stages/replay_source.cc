@@ -405,6 +405,19 @@ std::size_t ReplaySource::RunOnce() {
   return emitted + work;
 }
 
+void ReplaySource::Report(engine::Snapshot& s) const {
+  const engine::Labels labels{{"stage", "ingest"}, {"source", "replay"}};
+  auto v = [](const std::atomic<std::uint64_t>& c) { return static_cast<double>(c.load(std::memory_order_relaxed)); };
+  s.Counter("stage_messages_out", v(counters_.messages), labels, "messages the stage pushed downstream");
+  s.Counter("replay_bytes", v(counters_.bytes), {}, "bytes of messages replayed");
+  s.Counter("replay_files", v(counters_.files), {}, "files opened by the replay");
+  s.Counter("replay_durable", v(counters_.durable), {}, "replayed messages the WAL reported durable");
+  s.Counter("ingest_rejected", v(counters_.unreadable_files), {{"reason", "unreadable_file"}},
+            "inputs not ingested, by reason");
+  s.Counter("ingest_rejected", v(counters_.rejected_too_large), {{"reason", "too_large"}});
+  s.Counter("ingest_rejected", v(counters_.skipped_before_checkpoint), {{"reason", "already_durable"}});
+}
+
 bool ReplaySource::IsFinished() const {
   if (!outbox_.empty()) return false;
   if (stop_.load(std::memory_order_acquire)) return true;

@@ -80,6 +80,7 @@ class ReplaySource final : public engine::Stage, public DurableAckSink {
   engine::Clock::time_point next_deadline() const override { return deadline_; }
 
   void OnDurable(std::span<const DurableAck> acks) override;
+  void Report(engine::Snapshot& snapshot) const override;
 
   // Writes the checkpoint now (crash-atomic). Called periodically by RunOnce and by the owner
   // after the pipeline drained.

@@ -4,6 +4,7 @@
 #include <mimalloc.h>
 
 #include "tools/cmd_replay.h"
+#include "tools/cmd_stats.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mailrail: crash-safe email ingestion engine"};
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
     fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version());
   });
   mailrail::tools::AddReplayCommand(app);
+  mailrail::tools::AddStatsCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
