@@ -9,6 +9,7 @@
 
 #include "engine/topology.h"
 #include "stages/jsonl_sink.h"
+#include "stages/parse_stage.h"
 #include "stages/replay_source.h"
 
 namespace mailrail::tools {
@@ -64,7 +65,8 @@ int RunReplay(const ReplayFlags& flags) {
   engine::TopologyConfig config;
   config.placement = *placement;
   engine::Topology topology(config);
-  auto* ingest_out = topology.MakeChannel<stages::Message*>("ingest->forward", 4096);
+  auto* ingest_out = topology.MakeChannel<stages::Message*>("ingest->parse", 4096);
+  auto* parse_out = topology.MakeChannel<stages::Message*>("parse->forward", 4096);
 
   stages::ReplayOptions options;
   options.inputs = std::move(inputs).value();
@@ -76,7 +78,7 @@ int RunReplay(const ReplayFlags& flags) {
     fmt::print(stderr, "mailrail replay: {}\n", source.error().message);
     return 1;
   }
-  auto sink = stages::JsonlSink::Create(flags.sink.substr(6), ingest_out, &pool);
+  auto sink = stages::JsonlSink::Create(flags.sink.substr(6), parse_out, &pool);
   if (!sink) {
     fmt::print(stderr, "mailrail replay: {}\n", sink.error().message);
     return 1;
@@ -84,7 +86,9 @@ int RunReplay(const ReplayFlags& flags) {
   stages::ReplaySource* source_ptr = source->get();
   stages::JsonlSink* sink_ptr = sink->get();
   topology.AddStage(std::move(source).value(), {}, {ingest_out});
-  topology.AddStage(std::move(sink).value(), {ingest_out}, {});
+  auto* parse = static_cast<stages::ParseStage*>(
+      topology.AddStage(std::make_unique<stages::ParseStage>(ingest_out, parse_out), {ingest_out}, {parse_out}));
+  topology.AddStage(std::move(sink).value(), {parse_out}, {});
 
   const auto started = std::chrono::steady_clock::now();
   if (auto status = topology.Start(); !status) {
@@ -103,6 +107,10 @@ int RunReplay(const ReplayFlags& flags) {
   const double mb = static_cast<double>(in.bytes.load()) / 1e6;
   fmt::print("replayed {} files: {} messages, {:.1f} MB in {:.3f} s ({:.0f} messages/s, {:.1f} MB/s)\n",
              in.files.load(), in.messages.load(), mb, seconds, messages / seconds, mb / seconds);
+  const stages::ParseCounters parsed = parse->counters();
+  std::uint64_t defects = 0;
+  for (auto n : parsed.defects) defects += n;
+  fmt::print("parse: {} messages with defects ({} defects in all)\n", parsed.messages_with_defects, defects);
   fmt::print("outcomes: forwarded {}, duplicates {}, dropped by rule {}, quarantined by rule {}, "
              "quarantined unparseable {}\n",
              out.forwarded.load(), out.duplicates.load(), out.dropped_by_rule.load(), out.quarantined_by_rule.load(),
