@@ -25,6 +25,9 @@
 //   read by the loop after every wake-up.
 
 #include <liburing.h>
+// <linux/fs.h>, pulled in by liburing, defines BLOCK_SIZE, which collides with the member of that
+// name in moodycamel::ConcurrentQueue (engine/slot_pool.h); mailrail never uses the macro.
+#undef BLOCK_SIZE
 
 #include <atomic>
 #include <chrono>
