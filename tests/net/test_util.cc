@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -99,7 +101,7 @@ ssize_t ReadSome(int fd, std::string& out, std::chrono::steady_clock::time_point
   pollfd p{fd, POLLIN, 0};
   if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return -1;
   char buf[65536];
-  const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+  const ssize_t n = ::read(fd, buf, sizeof(buf));
   if (n < 0) return 0;  // reset counts as closed
   out.append(buf, static_cast<std::size_t>(n));
   return n;
@@ -191,6 +193,72 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+ChildProcess::ChildProcess(const std::vector<std::string>& argv) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return;
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::dup2(fds[1], STDOUT_FILENO);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  stdout_fd_ = fds[0];
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGTERM);
+    for (int i = 0; i < 100; ++i) {
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      pollfd none{-1, 0, 0};
+      ::poll(&none, 0, 20);  // bounded reap wait, not synchronisation of the test itself
+    }
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  if (stdout_fd_ >= 0) ::close(stdout_fd_);
+}
+
+std::string ChildProcess::ReadLine(int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (buffered_.find('\n') == std::string::npos) {
+    if (ReadSome(stdout_fd_, buffered_, deadline) <= 0) return {};
+  }
+  const std::size_t nl = buffered_.find('\n');
+  std::string line = buffered_.substr(0, nl);
+  buffered_.erase(0, nl + 1);
+  return line;
+}
+
+std::uint16_t StartDownstream(std::unique_ptr<ChildProcess>& process, bool quiet) {
+  std::vector<std::string> argv = {Python(), ScriptDir() + "/downstream.py"};
+  if (quiet) argv.push_back("--quiet");
+  process = std::make_unique<ChildProcess>(argv);
+  const std::string line = process->ReadLine();
+  if (!line.starts_with("PORT ")) return 0;
+  return static_cast<std::uint16_t>(std::atoi(line.c_str() + 5));
+}
+
+std::string HttpExchange(std::uint16_t port, std::string_view method, std::string_view path, std::string_view body) {
+  RawClient client(port);
+  std::string request = std::string(method) + " " + std::string(path) +
+                        " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: " +
+                        std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
+  if (!client.Send(request)) return {};
+  const std::string response = client.ReadUntilClose();
+  const std::size_t at = response.find("\r\n\r\n");
+  return at == std::string::npos ? std::string() : response.substr(at + 4);
 }
 
 std::string ScriptDir() { return MAILRAIL_NET_TEST_SCRIPTS; }

@@ -8,6 +8,9 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include <sys/types.h>
 
 #include "net/event_loop.h"
 #include "net/http_server.h"
@@ -77,6 +80,27 @@ struct CommandResult {
 };
 // Runs `command` with /bin/sh, killed after timeout_s seconds.
 CommandResult RunCommand(const std::string& command, int timeout_s = 30);
+
+// A child process started with fork/exec, its stdout on a pipe; killed (SIGTERM, then SIGKILL) by
+// PID and reaped at destruction.
+class ChildProcess {
+ public:
+  explicit ChildProcess(const std::vector<std::string>& argv);
+  ~ChildProcess();
+  pid_t pid() const { return pid_; }
+  // One line of stdout without the newline, or "" after timeout/EOF.
+  std::string ReadLine(int timeout_ms = 10000);
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string buffered_;
+};
+
+// Starts tests/net/downstream.py and returns its port (0 on failure).
+std::uint16_t StartDownstream(std::unique_ptr<ChildProcess>& process, bool quiet = false);
+// A one-shot HTTP/1.1 exchange with Connection: close; returns the response body ("" on failure).
+std::string HttpExchange(std::uint16_t port, std::string_view method, std::string_view path, std::string_view body = {});
 
 // A fresh temporary directory, removed at destruction.
 class TempDir {
