@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <mimalloc.h>
 
+#include "tools/cmd_dlq.h"
 #include "tools/cmd_replay.h"
 
 int main(int argc, char** argv) {
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
     fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version());
   });
   mailrail::tools::AddReplayCommand(app);
+  mailrail::tools::AddDlqCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
