@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <mimalloc.h>
 
+#include "tools/cmd_dlq.h"
 #include "tools/cmd_replay.h"
 #include "tools/cmd_stats.h"
 
@@ -14,6 +15,7 @@ int main(int argc, char** argv) {
   });
   mailrail::tools::AddReplayCommand(app);
   mailrail::tools::AddStatsCommands(app);
+  mailrail::tools::AddDlqCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
