@@ -5,6 +5,7 @@
 
 #include "tools/cmd_dlq.h"
 #include "tools/cmd_replay.h"
+#include "tools/cmd_run.h"
 #include "tools/cmd_stats.h"
 
 int main(int argc, char** argv) {
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   app.add_subcommand("version", "Print the version")->callback([] {
     fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version());
   });
+  mailrail::tools::AddRunCommand(app);
   mailrail::tools::AddReplayCommand(app);
   mailrail::tools::AddStatsCommands(app);
   mailrail::tools::AddDlqCommands(app);

@@ -206,7 +206,10 @@ TEST(WalStageTest, RecoveredMessagesPrecedeNewInputAndKeepTheirLsns) {
   ASSERT_NE(writer, nullptr);
   EXPECT_EQ(writer->open_report().checkpoint_lsn, 40u);
   EXPECT_EQ(writer->open_report().next_lsn, 101u);
-  MessagePool pool(16, 1 << 20);  // smaller than the backlog: recovery must respect the pool
+  // Smaller than the backlog of 60 (recovery must respect the pool), and larger than the 50 slots
+  // the new-input source can hold while the WAL stage waits for recovery: otherwise the source
+  // could starve recovery of slots. (The daemon and replay open their sources after recovery.)
+  MessagePool pool(56, 1 << 20);
   engine::Topology topology(ThreadPerStage());
   auto* rec = topology.MakeChannel<Message*>("recovery->wal", 8);
   auto* in = topology.MakeChannel<Message*>("ingest->wal", 8);
