@@ -18,6 +18,8 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <fmt/core.h>
 
@@ -26,6 +28,7 @@
 #include "net/event_loop.h"
 #include "net/http_server.h"
 #include "net/ingest_handler.h"
+#include "stages/record_json.h"
 #include "tools/config.h"
 #include "tools/pipeline.h"
 
@@ -110,16 +113,30 @@ class Daemon final : public net::ControlService {
   std::uint64_t session_id_ = 1;
 };
 
-void Log(const DaemonConfig& config, std::string_view event, const std::string& fields) {
-  const auto now = std::chrono::system_clock::now();
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+using LogFields = std::vector<std::pair<std::string_view, std::string>>;
+
+// One line per event: key=value (quoted when needed) or one JSON object, by log.format.
+void Log(const DaemonConfig& config, std::string_view event, const LogFields& fields = {}) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch()).count();
+  std::string line;
   if (config.log.format == "json") {
-    fmt::print(stderr, R"({{"ts_ms":{},"event":"{}"{}{}}})"
-                       "\n",
-               ms, event, fields.empty() ? "" : ",", fields);
+    line = fmt::format(R"({{"ts_ms":{},"event":"{}")", ms, event);
+    for (const auto& [k, v] : fields) {
+      line += fmt::format(",\"{}\":", k);
+      stages::AppendJsonString(v, line);
+    }
+    line += "}\n";
   } else {
-    fmt::print(stderr, "ts_ms={} event={}{}{}\n", ms, event, fields.empty() ? "" : " ", fields);
+    line = fmt::format("ts_ms={} event={}", ms, event);
+    for (const auto& [k, v] : fields) {
+      const bool quote = v.empty() || v.find_first_of(" \"=") != std::string::npos;
+      line += fmt::format(" {}={}", k, quote ? "\"" + v + "\"" : v);
+    }
+    line += '\n';
   }
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
 }
 
 int RunDaemon(const std::string& config_path) {
@@ -208,9 +225,13 @@ int RunDaemon(const std::string& config_path) {
 
   const auto& report = pipeline.wal_open_report();
   Log(config, "started",
-      fmt::format("config=\"{}\" data_dir=\"{}\" http={}:{} stats_socket=\"{}\" wal_next_lsn={} forward_checkpoint={}",
-                  config.file, config.data_dir, config.http.listen, (*server)->port(), config.stats.socket,
-                  report.next_lsn, report.checkpoint_lsn));
+      {{"config", config.file},
+       {"data_dir", config.data_dir},
+       {"http", fmt::format("{}:{}", config.http.listen, (*server)->port())},
+       {"stats_socket", config.stats.socket},
+       {"wal_next_lsn", std::to_string(report.next_lsn)},
+       {"forward_checkpoint", std::to_string(report.checkpoint_lsn)},
+       {"recovered", std::to_string(pipeline.recovery().recovered())}});
   sd_notify(0, "READY=1\nSTATUS=ingesting");
   std::uint64_t watchdog_usec = 0;
   const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
@@ -226,15 +247,16 @@ int RunDaemon(const std::string& config_path) {
     const int sig = sigtimedwait(&signals, &info, &tick);
     if (watchdog) sd_notify(0, "WATCHDOG=1");
     if (sig == SIGHUP) {
-      Log(config, "reload", "result=nothing_to_reload detail=\"no filter rules are configured\"");
+      Log(config, "reload", {{"result", "nothing_to_reload"}, {"detail", "no filter rules are configured"}});
     } else if (sig == SIGTERM || sig == SIGINT) {
       if (draining) {
-        Log(config, "exit_now", "reason=second_signal detail=\"the WAL holds every accepted message\"");
+        Log(config, "exit_now", {{"reason", "second_signal"}, {"detail", "the WAL holds every accepted message"}});
         std::_Exit(1);
       }
       draining = true;
       sd_notify(0, "STOPPING=1\nSTATUS=draining");
-      Log(config, "draining", fmt::format("signal={} deadline_ms={}", sig, config.drain_deadline.count()));
+      Log(config, "draining",
+          {{"signal", std::to_string(sig)}, {"deadline_ms", std::to_string(config.drain_deadline.count())}});
       drain_deadline = std::chrono::steady_clock::now() + config.drain_deadline;
       drain_thread = std::thread([&] {
         // Stop accepting; wait (on the loop) until every request whose messages are in the WAL has
@@ -260,7 +282,7 @@ int RunDaemon(const std::string& config_path) {
     }
     if (draining && !drained.load()) {
       if (std::chrono::steady_clock::now() > drain_deadline) {
-        Log(config, "exit_now", "reason=drain_deadline detail=\"the WAL holds every accepted message\"");
+        Log(config, "exit_now", {{"reason", "drain_deadline"}, {"detail", "the WAL holds every accepted message"}});
         std::_Exit(1);
       }
     }
@@ -269,8 +291,10 @@ int RunDaemon(const std::string& config_path) {
   (*stats_socket)->Stop();
   const auto& out = pipeline.sink().counters();
   Log(config, "stopped",
-      fmt::format("forwarded={} duplicates={} quarantined_unparseable={} durable_lsn={}", out.forwarded.load(),
-                  out.duplicates.load(), out.quarantined_unparseable.load(), pipeline.wal().durable_lsn()));
+      {{"forwarded", std::to_string(out.forwarded.load())},
+       {"duplicates", std::to_string(out.duplicates.load())},
+       {"quarantined_unparseable", std::to_string(out.quarantined_unparseable.load())},
+       {"durable_lsn", std::to_string(pipeline.wal().durable_lsn())}});
   return 0;
 }
 
