@@ -94,7 +94,8 @@ std::string_view MimeParser::Unfold(std::string_view value) {
 }
 
 std::string_view MimeParser::ToUtf8(std::string_view charset, std::string_view bytes, bool bytes_are_stable) {
-  if (CharsetConverter::IsUtf8Compatible(charset) && IsValidUtf8(bytes)) {
+  if ((IsAscii(bytes) && CharsetConverter::IsAsciiCompatible(charset)) ||
+      (CharsetConverter::IsUtf8Compatible(charset) && IsValidUtf8(bytes))) {
     return bytes_are_stable ? bytes : msg_->arena.Copy(bytes);
   }
   text_.Clear();
@@ -419,6 +420,7 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
       value_end = le > next && le[-1] == '\r' ? le - 1 : le;
       next = nl2 != nullptr ? nl2 + 1 : end;
     }
+    const bool folded = next != (nl != nullptr ? nl + 1 : end);
     const std::string_view name(p, static_cast<std::size_t>(name_end - p));
     std::string_view value(colon + 1, static_cast<std::size_t>(value_end - colon - 1));
     while (!value.empty() && IsSpace(value.front())) value.remove_prefix(1);
@@ -440,14 +442,14 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
         entity.has_disposition = true;
       }
     }
-    if (top) OnTopLevelField(name, value);
+    if (top) OnTopLevelField(name, value, folded);
   }
   return data.size();
 }
 
-void MimeParser::OnTopLevelField(std::string_view name, std::string_view value) {
+void MimeParser::OnTopLevelField(std::string_view name, std::string_view value, bool folded) {
   Record& r = *record_;
-  r.headers.push_back(HeaderField{name, Unfold(value)});
+  r.headers.push_back(HeaderField{name, folded ? Unfold(value) : value});
   switch (name.size()) {
     case 2:
       if (EqualsLower(name, "to")) ParseAddressList(value, r.to);
@@ -833,13 +835,16 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
   std::size_t part_begin = std::string_view::npos;  // start of the current part's content
   bool found_any = false;
   bool closed = false;
-  while (search + 2 + boundary.size() <= n) {
-    const void* hit = memmem(base + search, n - search, "--", 2);
+  char delimiter[2 + 200];
+  delimiter[0] = delimiter[1] = '-';
+  std::memcpy(delimiter + 2, boundary.data(), boundary.size());
+  const std::size_t delimiter_size = 2 + boundary.size();
+  while (search + delimiter_size <= n) {
+    const void* hit = memmem(base + search, n - search, delimiter, delimiter_size);
     if (hit == nullptr) break;
     const std::size_t at = static_cast<std::size_t>(static_cast<const char*>(hit) - base);
     search = at + 1;
     if (at > 0 && base[at - 1] != '\n') continue;
-    if (at + 2 + boundary.size() > n || std::memcmp(base + at + 2, boundary.data(), boundary.size()) != 0) continue;
     std::size_t after = at + 2 + boundary.size();
     const bool is_close = n - after >= 2 && base[after] == '-' && base[after + 1] == '-';
     if (is_close) after += 2;

@@ -68,7 +68,7 @@ class MimeParser {
 
   // Parses the header block at the start of `data`; returns the offset of the body.
   std::size_t ParseHeaders(std::string_view data, bool top, Entity& entity, std::size_t& field_count);
-  void OnTopLevelField(std::string_view name, std::string_view value);
+  void OnTopLevelField(std::string_view name, std::string_view value, bool folded);
   void ParseBody(const Entity& entity, std::string_view body, std::size_t depth, bool digest_child,
                  bool in_attached_message);
   void ParseEntity(std::string_view data, std::size_t depth, bool digest_child, bool in_attached_message);

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string_view>
 
@@ -24,8 +25,8 @@ class ScratchBuffer {
   }
   void Commit(std::size_t bytes) { size_ += bytes; }
   void Append(std::string_view s) {
-    char* out = Extend(s.size());
-    for (std::size_t i = 0; i < s.size(); ++i) out[i] = s[i];
+    if (s.empty()) return;
+    std::memcpy(Extend(s.size()), s.data(), s.size());
     size_ += s.size();
   }
   void Push(char c) {
