@@ -63,6 +63,20 @@ Cte ClassifyCte(std::string_view value) {
   return Cte::kUnknown;
 }
 
+// Charset labels equal ignoring ASCII case and an RFC 2231 "*language" suffix.
+bool SameCharset(std::string_view a, std::string_view b) {
+  a = a.substr(0, a.find('*'));
+  b = b.substr(0, b.find('*'));
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
+    if (x != y) return false;
+  }
+  return true;
+}
+
 std::size_t FindMsgIdEnd(std::string_view s, std::size_t lt) {
   const std::size_t gt = s.find('>', lt + 1);
   return gt;
@@ -170,7 +184,7 @@ std::string_view MimeParser::DecodeText(std::string_view text) {
       last_was_word = false;
       continue;
     }
-    if (words_.size() > 0 && !EqualsLower(charset, "") && charset != pending_charset) flush_words();
+    if (words_.size() > 0 && !SameCharset(charset, pending_charset)) flush_words();
     pending_charset = charset;
     const std::string_view payload = text.substr(q1 + 3, end - q1 - 3);
     DecodeStatus status;
@@ -348,6 +362,21 @@ std::string_view MimeParser::GetParam(const ParamList& params, std::string_view 
   return msg_->arena.Copy(scratch_.view());
 }
 
+std::string_view MimeParser::MediaType(const ContentType& ct) {
+  // "type/subtype", lower-case; a view into the raw header when it already is.
+  std::string_view media;
+  if (ct.type.data() + ct.type.size() + 1 == ct.subtype.data() && ct.type.data()[ct.type.size()] == '/') {
+    media = std::string_view(ct.type.data(), ct.type.size() + 1 + ct.subtype.size());
+  } else {
+    char* out = msg_->arena.Allocate(ct.type.size() + 1 + ct.subtype.size());
+    std::memcpy(out, ct.type.data(), ct.type.size());
+    out[ct.type.size()] = '/';
+    std::memcpy(out + ct.type.size() + 1, ct.subtype.data(), ct.subtype.size());
+    media = std::string_view(out, ct.type.size() + 1 + ct.subtype.size());
+  }
+  return LowerCase(media, msg_->arena);
+}
+
 void MimeParser::ParseContentType(std::string_view value, bool digest_child, ContentType& out) {
   out.type = digest_child ? "message" : "text";
   out.subtype = digest_child ? "rfc822" : "plain";
@@ -404,8 +433,9 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
     const char* name_end = colon;
     while (colon < content_end && IsWsp(*colon)) ++colon;  // obs-optional: "Subject :"
     if (colon >= content_end || *colon != ':' || name_end == p) {
-      if (top && field_count == 0 && content_end - p >= 5 && std::memcmp(p, "From ", 5) == 0) {
-        p = nl != nullptr ? nl + 1 : end;  // mbox "From " separator line left in the message
+      if (field_count == 0 && content_end - p >= 5 && std::memcmp(p, "From ", 5) == 0) {
+        // mbox "From " separator line left in the message (or in an attached message)
+        p = nl != nullptr ? nl + 1 : end;
         continue;
       }
       AddDefect(defect::kMissingHeaderBodySeparator);
@@ -414,11 +444,21 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
     // The value runs through continuation lines (those starting with SP or HT).
     const char* value_end = content_end;
     const char* next = nl != nullptr ? nl + 1 : end;
+    const char* separator_end = nullptr;  // set when a whitespace-only line ends the block
     while (next < end && IsWsp(*next)) {
       const char* nl2 = FindByte(next, end, '\n');
       const char* le = nl2 != nullptr ? nl2 : end;
+      const char* after = nl2 != nullptr ? nl2 + 1 : end;
+      const char* q = next;
+      while (q < le && IsSpace(*q)) ++q;
+      if (q == le && (after >= end || !IsWsp(*after))) {
+        // A whitespace-only line not followed by another continuation: a blank line with
+        // trailing spaces, i.e. the header/body separator (as GMime and most MUAs read it).
+        separator_end = after;
+        break;
+      }
       value_end = le > next && le[-1] == '\r' ? le - 1 : le;
-      next = nl2 != nullptr ? nl2 + 1 : end;
+      next = after;
     }
     const bool folded = next != (nl != nullptr ? nl + 1 : end);
     const std::string_view name(p, static_cast<std::size_t>(name_end - p));
@@ -428,6 +468,7 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
     p = next;
     if (++field_count > limits_.max_headers) {
       AddDefect(defect::kTooManyHeaders);
+      if (separator_end != nullptr) return static_cast<std::size_t>(separator_end - base);
       continue;
     }
     if (name.size() >= 8 && (name[0] == 'c' || name[0] == 'C') && StartsWithLower(name, "content-")) {
@@ -443,6 +484,7 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
       }
     }
     if (top) OnTopLevelField(name, value, folded);
+    if (separator_end != nullptr) return static_cast<std::size_t>(separator_end - base);
   }
   return data.size();
 }
@@ -780,12 +822,14 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
   }
   ContentType ct;
   ParseContentType(entity.content_type, digest_child, ct);
+  const std::size_t part_index = record_->parts.size();
+  record_->parts.push_back(MimePart{MediaType(ct), static_cast<std::uint32_t>(depth), 0});
   if (EqualsLower(ct.type, "multipart")) {
     if (depth >= limits_.max_depth) {
       AddDefect(defect::kNestingTooDeep);
       return;
     }
-    ParseMultipart(ct, body, depth, in_attached_message);
+    ParseMultipart(ct, body, depth, in_attached_message, part_index);
     return;
   }
   if (EqualsLower(ct.type, "message") && (EqualsLower(ct.subtype, "rfc822") || EqualsLower(ct.subtype, "global"))) {
@@ -795,7 +839,8 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
     }
     bool in_scratch = false;
     std::string_view inner = DecodeTransfer(entity.transfer_encoding, body, in_scratch);
-    if (in_scratch) inner = msg_->arena.Copy(inner);  // nested views must outlive the scratch
+    if (in_scratch) inner = msg_->arena.Copy(inner);
+    record_->parts[part_index].decoded_size = inner.size();  // nested views must outlive the scratch
     // The message part itself is an attachment when it has a filename or a non-inline disposition.
     std::string_view filename;
     bool attachment = false;
@@ -809,21 +854,21 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
     }
     if (filename.empty()) filename = GetParam(ct.params, "name");
     if (attachment || !filename.empty()) {
-      AddAttachment(*record_, filename, LowerCase("message/rfc822", msg_->arena), inner);
+      AddAttachment(*record_, filename, record_->parts[part_index].content_type, inner);
     }
     ParseEntity(inner, depth + 1, false, /*in_attached_message=*/true);
     return;
   }
-  ParseLeaf(entity, ct, body, in_attached_message);
+  ParseLeaf(entity, ct, body, in_attached_message, part_index);
 }
 
 void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth,
-                                bool in_attached_message) {
+                                bool in_attached_message, std::size_t part_index) {
   const std::string_view boundary = GetParam(ct.params, "boundary");
   Entity as_text;
   if (boundary.empty() || boundary.size() > 200) {
     AddDefect(defect::kMissingBoundary);
-    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message);
+    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message, part_index);
     return;
   }
   const bool digest = EqualsLower(ct.subtype, "digest");
@@ -870,7 +915,7 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
   }
   if (!found_any) {
     AddDefect(defect::kBoundaryNotFound);
-    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message);
+    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message, part_index);
     return;
   }
   if (!closed) {
@@ -882,7 +927,7 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
 }
 
 void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body,
-                           bool in_attached_message) {
+                           bool in_attached_message, std::size_t part_index) {
   std::string_view filename;
   bool non_inline = false;
   if (entity.has_disposition) {
@@ -904,20 +949,8 @@ void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::str
 
   bool in_scratch = false;
   const std::string_view decoded = DecodeTransfer(entity.transfer_encoding, body, in_scratch);
-  if (attachment) {
-    // "type/subtype", lower-case; a view into the raw header when it already is.
-    std::string_view media;
-    if (ct.type.data() + ct.type.size() + 1 == ct.subtype.data() && ct.type.data()[ct.type.size()] == '/') {
-      media = std::string_view(ct.type.data(), ct.type.size() + 1 + ct.subtype.size());
-    } else {
-      char* out = msg_->arena.Allocate(ct.type.size() + 1 + ct.subtype.size());
-      std::memcpy(out, ct.type.data(), ct.type.size());
-      out[ct.type.size()] = '/';
-      std::memcpy(out + ct.type.size() + 1, ct.subtype.data(), ct.subtype.size());
-      media = std::string_view(out, ct.type.size() + 1 + ct.subtype.size());
-    }
-    AddAttachment(*record_, filename, LowerCase(media, msg_->arena), decoded);
-  }
+  record_->parts[part_index].decoded_size = decoded.size();
+  if (attachment) AddAttachment(*record_, filename, record_->parts[part_index].content_type, decoded);
   if (!body_candidate) return;
   const std::string_view charset = GetParam(ct.params, "charset");
   if (!in_scratch && ClassifyCte(entity.transfer_encoding) == Cte::kIdentity &&

@@ -72,8 +72,11 @@ class MimeParser {
   void ParseBody(const Entity& entity, std::string_view body, std::size_t depth, bool digest_child,
                  bool in_attached_message);
   void ParseEntity(std::string_view data, std::size_t depth, bool digest_child, bool in_attached_message);
-  void ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth, bool in_attached_message);
-  void ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body, bool in_attached_message);
+  void ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth, bool in_attached_message,
+                      std::size_t part_index);
+  void ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body, bool in_attached_message,
+                 std::size_t part_index);
+  std::string_view MediaType(const ContentType& ct);
   void ParseContentType(std::string_view value, bool digest_child, ContentType& out);
   void ParseParams(std::string_view rest, ParamList& out);
   // Value of parameter `name` (lower-case), joining RFC 2231 sections and decoding charsets.
