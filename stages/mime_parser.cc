@@ -14,6 +14,11 @@ const char* FindByte(const char* p, const char* end, char c) {
 }
 
 bool IsFieldNameChar(char c) { return c > 32 && c < 127 && c != ':'; }
+// Later fields may carry 8-bit bytes in their names (seen in the wild); the first must be ASCII so
+// that binary garbage is not taken for a header.
+bool IsLenientFieldNameChar(char c) { return (c > 32 && c < 127 && c != ':') || static_cast<unsigned char>(c) >= 128; }
+
+constexpr std::size_t kMaxBoundary = 998;  // RFC 2046 allows 70; real mail exceeds it
 
 bool IsTokenChar(char c) {
   return c > 32 && c < 127 && c != '(' && c != ')' && c != '<' && c != '>' && c != '@' && c != ',' && c != ';' &&
@@ -272,7 +277,7 @@ std::string_view MimeParser::Unquote(std::string_view quoted) {
   return {out, n};
 }
 
-std::string_view MimeParser::GetParam(const ParamList& params, std::string_view name) {
+std::string_view MimeParser::GetParam(const ParamList& params, std::string_view name, bool decode_words) {
   // RFC 2231: name*=charset'lang'value, or sections name*0[*], name*1[*], ...
   const Param* sections[ParamList::kMax] = {};
   std::size_t section_count = 0;
@@ -300,7 +305,9 @@ std::string_view MimeParser::GetParam(const ParamList& params, std::string_view 
   if (extended == nullptr && section_count == 0) {
     if (plain == nullptr) return {};
     std::string_view v = plain->quoted ? Unquote(plain->value) : plain->value;
-    if (v.find("=?") != std::string_view::npos || !IsAscii(v)) v = DecodeText(v);
+    // Encoded words are not allowed in parameters, but mailers put them in file names; a
+    // boundary or charset is taken literally.
+    if (decode_words && (v.find("=?") != std::string_view::npos || !IsAscii(v))) v = DecodeText(v);
     return v;
   }
   // Collect the raw bytes, percent-decoding extended sections.
@@ -405,9 +412,10 @@ void MimeParser::ParseContentType(std::string_view value, bool digest_child, Con
   out.type = type;
   out.subtype = subtype;
   i = SkipCfws(value, i);
+  // Parameters normally follow a ';'. When it is missing ("multipart/mixed boundary=x"), read them
+  // anyway: a lost boundary would cost the whole MIME tree.
   if (i < value.size() && value[i] != ';') AddDefect(defect::kMalformedContentType);
-  const std::size_t semi = value.find(';', i);
-  if (semi != std::string_view::npos) ParseParams(value.substr(semi + 1), out.params);
+  if (i < value.size()) ParseParams(value.substr(i), out.params);
 }
 
 std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& entity, std::size_t& field_count) {
@@ -429,7 +437,11 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
       continue;
     }
     const char* colon = p;
-    while (colon < content_end && IsFieldNameChar(*colon)) ++colon;
+    if (field_count == 0) {
+      while (colon < content_end && IsFieldNameChar(*colon)) ++colon;
+    } else {
+      while (colon < content_end && IsLenientFieldNameChar(*colon)) ++colon;
+    }
     const char* name_end = colon;
     while (colon < content_end && IsWsp(*colon)) ++colon;  // obs-optional: "Subject :"
     if (colon >= content_end || *colon != ':' || name_end == p) {
@@ -848,11 +860,11 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
       ParamList params;
       const std::size_t semi = entity.disposition.find(';');
       if (semi != std::string_view::npos) ParseParams(entity.disposition.substr(semi + 1), params);
-      filename = GetParam(params, "filename");
+      filename = GetParam(params, "filename", true);
       const std::string_view kind = Trim(entity.disposition.substr(0, semi));
       attachment = !kind.empty() && !EqualsLower(kind, "inline");
     }
-    if (filename.empty()) filename = GetParam(ct.params, "name");
+    if (filename.empty()) filename = GetParam(ct.params, "name", true);
     if (attachment || !filename.empty()) {
       AddAttachment(*record_, filename, record_->parts[part_index].content_type, inner);
     }
@@ -864,9 +876,9 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
 
 void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth,
                                 bool in_attached_message, std::size_t part_index) {
-  const std::string_view boundary = GetParam(ct.params, "boundary");
+  const std::string_view boundary = GetParam(ct.params, "boundary", false);
   Entity as_text;
-  if (boundary.empty() || boundary.size() > 200) {
+  if (boundary.empty() || boundary.size() > kMaxBoundary) {
     AddDefect(defect::kMissingBoundary);
     ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message, part_index);
     return;
@@ -880,7 +892,7 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
   std::size_t part_begin = std::string_view::npos;  // start of the current part's content
   bool found_any = false;
   bool closed = false;
-  char delimiter[2 + 200];
+  char delimiter[2 + kMaxBoundary];
   delimiter[0] = delimiter[1] = '-';
   std::memcpy(delimiter + 2, boundary.data(), boundary.size());
   const std::size_t delimiter_size = 2 + boundary.size();
@@ -893,9 +905,10 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
     std::size_t after = at + 2 + boundary.size();
     const bool is_close = n - after >= 2 && base[after] == '-' && base[after + 1] == '-';
     if (is_close) after += 2;
+    // "--boundaryX..." is a longer boundary, not this one; anything after whitespace is ignored
+    // (RFC 2046 5.1.1: the boundary need only appear in its entirety at the start of the line).
+    if (after < n && !IsSpace(base[after])) continue;
     std::size_t k = after;
-    while (k < n && IsWsp(base[k])) ++k;
-    if (k < n && base[k] != '\r' && base[k] != '\n') continue;  // "--boundaryX": a longer boundary
     // The line break before the delimiter belongs to the delimiter.
     if (part_begin != std::string_view::npos) {
       std::size_t part_end = at;
@@ -937,10 +950,10 @@ void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::str
     if (semi != std::string_view::npos) {
       ParamList params;
       ParseParams(entity.disposition.substr(semi + 1), params);
-      filename = GetParam(params, "filename");
+      filename = GetParam(params, "filename", true);
     }
   }
-  if (filename.empty()) filename = GetParam(ct.params, "name");
+  if (filename.empty()) filename = GetParam(ct.params, "name", true);
   const bool attachment = non_inline || !filename.empty();
   const bool is_text = EqualsLower(ct.type, "text");
   const bool plain = is_text && EqualsLower(ct.subtype, "plain");
@@ -952,7 +965,7 @@ void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::str
   record_->parts[part_index].decoded_size = decoded.size();
   if (attachment) AddAttachment(*record_, filename, record_->parts[part_index].content_type, decoded);
   if (!body_candidate) return;
-  const std::string_view charset = GetParam(ct.params, "charset");
+  const std::string_view charset = GetParam(ct.params, "charset", false);
   if (!in_scratch && ClassifyCte(entity.transfer_encoding) == Cte::kIdentity &&
       EqualsLower(Trim(entity.transfer_encoding), "7bit") && !IsAscii(decoded)) {
     AddDefect(defect::kEightBitIn7Bit);

@@ -80,7 +80,8 @@ class MimeParser {
   void ParseContentType(std::string_view value, bool digest_child, ContentType& out);
   void ParseParams(std::string_view rest, ParamList& out);
   // Value of parameter `name` (lower-case), joining RFC 2231 sections and decoding charsets.
-  std::string_view GetParam(const ParamList& params, std::string_view name);
+  // `decode_words`: also decode RFC 2047 words in a plain value (file names).
+  std::string_view GetParam(const ParamList& params, std::string_view name, bool decode_words);
   std::string_view Unquote(std::string_view quoted);
   std::string_view Unfold(std::string_view value);
   // RFC 2047 decoding of unstructured text (or a phrase) to UTF-8; a view when nothing changes.

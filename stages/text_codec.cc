@@ -60,6 +60,7 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
   const auto* const end = p + in.size();
   std::uint32_t acc = 0;
   int bits = 0;  // number of sextets in acc (0..3)
+  bool padded = false;
   while (p < end) {
     // Fast path: four alphabet characters at a sextet boundary.
     if (bits == 0) {
@@ -89,6 +90,7 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
     } else if (v == kB64Skip) {
       continue;
     } else if (v == kB64Pad) {
+      padded = true;
       // Padding ends the data; anything but more padding and whitespace afterwards is invalid.
       while (p < end && (kBase64[*p] == kB64Pad || kBase64[*p] == kB64Skip)) ++p;
       if (p < end) status.invalid = true;
@@ -97,9 +99,10 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
       status.invalid = true;
     }
   }
-  if (bits == 1) {
-    status.truncated = true;  // 6 bits cannot form a byte
-  } else if (bits == 2) {
+  // A dangling 1-3 characters without '=' padding: the message was cut (or the encoder omitted
+  // padding). Whole bytes in the tail are kept; 6 bits cannot form one.
+  if (bits != 0 && !padded) status.truncated = true;
+  if (bits == 2) {
     *dst++ = static_cast<std::uint8_t>(acc >> 4);
   } else if (bits == 3) {
     *dst++ = static_cast<std::uint8_t>(acc >> 10);
