@@ -18,7 +18,14 @@ bool IsFieldNameChar(char c) { return c > 32 && c < 127 && c != ':'; }
 // that binary garbage is not taken for a header.
 bool IsLenientFieldNameChar(char c) { return (c > 32 && c < 127 && c != ':') || static_cast<unsigned char>(c) >= 128; }
 
-constexpr std::size_t kMaxBoundary = 998;  // RFC 2046 allows 70; real mail exceeds it
+constexpr std::size_t kMaxBoundary = 998;
+
+// True when the line at p starts with "Name:" (a header field).
+bool LooksLikeField(const char* p, const char* end) {
+  const char* q = p;
+  while (q < end && IsFieldNameChar(*q)) ++q;
+  return q > p && q < end && *q == ':';
+}  // RFC 2046 allows 70; real mail exceeds it
 
 bool IsTokenChar(char c) {
   return c > 32 && c < 127 && c != '(' && c != ')' && c != '<' && c != '>' && c != '@' && c != ',' && c != ';' &&
@@ -450,6 +457,14 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
         p = nl != nullptr ? nl + 1 : end;
         continue;
       }
+      // A stray line inside the header block is skipped when a header field follows it (as GMime
+      // and mime4j do); otherwise the body started without the blank line.
+      const char* following = nl != nullptr ? nl + 1 : end;
+      if (field_count > 0 && LooksLikeField(following, end)) {
+        AddDefect(defect::kMalformedHeaderLine);
+        p = following;
+        continue;
+      }
       AddDefect(defect::kMissingHeaderBodySeparator);
       return static_cast<std::size_t>(p - base);
     }
@@ -681,6 +696,7 @@ void MimeParser::ParseAddressList(std::string_view v, std::vector<Address>& out)
 
 void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::string_view source,
                                std::vector<Address>& out) {
+  constexpr std::size_t kMaxRuns = 16;
   if (count == 0) return;
   engine::Arena& arena = msg_->arena;
   std::size_t angle = count;
@@ -773,16 +789,62 @@ void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::stri
     if (first == last && tokens[first].kind == Token::kAtom) {
       addr = tokens[first].text;
     } else {
-      // Obsolete "local . part @ domain" with spaces, or a quoted local part.
-      char* buffer = arena.Allocate(source.size() + 2 * count);
-      std::size_t len = 0;
+      // Obsolete "local . part @ domain" with spaces, or a quoted local part: tokens join into one
+      // addr-spec where one ends or the next starts with '.' or '@'. Separate runs are either
+      // several addresses missing their commas, or display-name words before a bare address.
+      struct Run {
+        std::size_t begin, end;  // token range
+        bool has_at;
+      };
+      Run runs[kMaxRuns];
+      std::size_t run_count = 0;
       for (std::size_t k = first; k <= last; ++k) {
         if (tokens[k].kind == Token::kComment) continue;
-        if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
-        for (char c : tokens[k].text) buffer[len++] = c;
-        if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
+        const std::string_view t = tokens[k].text;
+        bool joins = false;
+        if (run_count > 0) {
+          const std::string_view prev = tokens[runs[run_count - 1].end - 1].text;
+          joins = (!prev.empty() && (prev.back() == '.' || prev.back() == '@')) ||
+                  (!t.empty() && (t.front() == '.' || t.front() == '@'));
+        }
+        if (joins) {
+          runs[run_count - 1].end = k + 1;
+        } else if (run_count < kMaxRuns) {
+          runs[run_count++] = Run{k, k + 1, false};
+        } else {
+          runs[run_count - 1].end = k + 1;
+        }
+        if (t.find('@') != std::string_view::npos) runs[run_count - 1].has_at = true;
       }
-      addr = {buffer, len};
+      auto build = [&](const Run& run) -> std::string_view {
+        if (run.end - run.begin == 1 && tokens[run.begin].kind == Token::kAtom) return tokens[run.begin].text;
+        char* buffer = arena.Allocate(source.size() + 2 * count);
+        std::size_t len = 0;
+        for (std::size_t k = run.begin; k < run.end; ++k) {
+          if (tokens[k].kind == Token::kComment) continue;
+          if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
+          for (char c : tokens[k].text) buffer[len++] = c;
+          if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
+        }
+        return {buffer, len};
+      };
+      std::size_t with_at = 0;
+      for (std::size_t r = 0; r < run_count; ++r) with_at += runs[r].has_at;
+      if (run_count > 1 && with_at >= 1) {
+        AddDefect(defect::kMalformedAddress);
+        std::size_t name_runs = 0;
+        while (name_runs < run_count && !runs[name_runs].has_at) ++name_runs;
+        for (std::size_t r = name_runs; r < run_count; ++r) {
+          if (!runs[r].has_at) continue;
+          Address extra;
+          if (r == name_runs && name_runs > 0) extra.name = phrase(runs[0].begin, runs[name_runs - 1].end);
+          extra.address = LowerCaseDomain(build(runs[r]), arena);
+          out.push_back(extra);
+        }
+        return;
+      }
+      Run all{first, last + 1, with_at > 0};
+      addr = build(all);
     }
     if (!comment.empty()) address.name = DecodeText(Trim(comment));
   }

@@ -189,6 +189,27 @@ TEST_F(MimeParserTest, AddressListForms) {
   EXPECT_EQ(r.cc[0].address, "\"Quoted\"@example.com");
 }
 
+TEST_F(MimeParserTest, AddressesWithoutCommasOrWithBareDisplayNames) {
+  const Record& r = Parse("From: Big Bug bb@Bug.com\nTo: tim@x.example concierge@x.example\n"
+                          "Date: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
+  ASSERT_TRUE(r.from);
+  EXPECT_EQ(r.from->name, "Big Bug");
+  EXPECT_EQ(r.from->address, "bb@bug.com");
+  ASSERT_EQ(r.to.size(), 2u);
+  EXPECT_EQ(r.to[0].address, "tim@x.example");
+  EXPECT_EQ(r.to[1].address, "concierge@x.example");
+  EXPECT_TRUE(HasDefect(r, defect::kMalformedAddress));
+}
+
+TEST_F(MimeParserTest, StrayLineInsideTheHeaderIsSkippedWhenFieldsFollow) {
+  const Record& r = Parse("Received: x\nquite Delivered-To: y\nFrom: a@x.example\nSubject: s\n"
+                          "Date: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\nbody\n");
+  EXPECT_EQ(r.subject, "s");
+  EXPECT_EQ(r.body_text, "body\n");
+  EXPECT_TRUE(HasDefect(r, defect::kMalformedHeaderLine));
+  EXPECT_FALSE(HasDefect(r, defect::kMissingHeaderBodySeparator));
+}
+
 TEST_F(MimeParserTest, MalformedAddressIsDefect) {
   const Record& r = Parse("From: just-a-name\nDate: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
   EXPECT_TRUE(HasDefect(r, defect::kMalformedAddress));
