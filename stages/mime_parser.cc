@@ -110,18 +110,27 @@ void MimeParser::AddDefect(std::string_view defect) {
 }
 
 std::string_view MimeParser::Unfold(std::string_view value) {
-  if (std::memchr(value.data(), '\n', value.size()) == nullptr) return value;
+  const char* p = value.data();
+  const char* const end = p + value.size();
+  const char* nl = FindByte(p, end, '\n');
+  if (nl == nullptr) return value;
   char* out = msg_->arena.Allocate(value.size());
   std::size_t n = 0;
-  for (char c : value) {
-    if (c != '\r' && c != '\n') out[n++] = c;
+  while (true) {
+    const char* run_end = nl != nullptr ? nl : end;
+    if (run_end > p && run_end[-1] == '\r' && nl != nullptr) --run_end;
+    std::memcpy(out + n, p, static_cast<std::size_t>(run_end - p));
+    n += static_cast<std::size_t>(run_end - p);
+    if (nl == nullptr) break;
+    p = nl + 1;
+    nl = FindByte(p, end, '\n');
   }
   return {out, n};
 }
 
 std::string_view MimeParser::ToUtf8(std::string_view charset, std::string_view bytes, bool bytes_are_stable) {
-  if ((IsAscii(bytes) && CharsetConverter::IsAsciiCompatible(charset)) ||
-      (CharsetConverter::IsUtf8Compatible(charset) && IsValidUtf8(bytes))) {
+  if (CharsetConverter::IsUtf8Compatible(charset) ? IsValidUtf8(bytes)
+                                                   : (CharsetConverter::IsAsciiCompatible(charset) && IsAscii(bytes))) {
     return bytes_are_stable ? bytes : msg_->arena.Copy(bytes);
   }
   text_.Clear();

@@ -228,6 +228,16 @@ void AppendRepairedUtf8(std::string_view in, ScratchBuffer& out) {
   char* dst = out.Extend(in.size() * 3);
   char* const begin = dst;
   while (p < end) {
+    if (end - p >= 8) {
+      std::uint64_t w;
+      std::memcpy(&w, p, 8);
+      if ((w & 0x8080808080808080ull) == 0) {
+        std::memcpy(dst, p, 8);
+        dst += 8;
+        p += 8;
+        continue;
+      }
+    }
     const std::size_t n = Utf8SequenceLength(p, end);
     if (n == 0) {
       *dst++ = '\xEF';
@@ -377,8 +387,10 @@ void AppendHtmlText(std::string_view html, ScratchBuffer& out) {
       continue;
     }
     if (c != '<') {
-      std::size_t j = i + 1;
-      while (j < n && html[j] != '<' && html[j] != '&') ++j;
+      const void* lt = std::memchr(html.data() + i, '<', n - i);
+      std::size_t j = lt == nullptr ? n : static_cast<std::size_t>(static_cast<const char*>(lt) - html.data());
+      const void* amp = std::memchr(html.data() + i, '&', j - i);
+      if (amp != nullptr) j = static_cast<std::size_t>(static_cast<const char*>(amp) - html.data());
       out.Append(html.substr(i, j - i));
       i = j;
       continue;
@@ -432,6 +444,19 @@ void AppendPreview(std::string_view text, std::size_t max_chars, ScratchBuffer& 
       if (chars >= max_chars) break;
     }
     pending_space = false;
+    if (c < 0x80) {
+      // A run of printable ASCII: copy it in one go.
+      std::size_t j = i + 1;
+      while (j < n && j - i < max_chars - chars) {
+        const unsigned char d = static_cast<unsigned char>(text[j]);
+        if (d >= 0x80 || d <= ' ') break;
+        ++j;
+      }
+      out.Append(text.substr(i, j - i));
+      chars += j - i;
+      i = j;
+      continue;
+    }
     std::size_t len = 1;
     if (c >= 0xF0) len = 4; else if (c >= 0xE0) len = 3; else if (c >= 0xC0) len = 2;
     len = std::min(len, n - i);
