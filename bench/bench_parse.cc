@@ -46,42 +46,45 @@ std::size_t TotalBytes(const std::vector<std::string>& messages) {
 }
 
 // Synthetic Graph messages: the msgraph-docs message samples, each replicated with a distinct id
-// and subject; every fourth carries the docs' fileAttachment (base64 contentBytes) inline.
-const std::vector<std::string>& GraphMessages() {
-  static const std::vector<std::string> messages = [] {
-    std::vector<std::string> out;
-    const auto root = mailrail::testing::CorpusDir() / "msgraph-docs/api-reference/v1.0/api";
-    std::vector<std::string> bases;
-    for (const char* name : {"message-get/example1-get-message.response.json",
-                             "message-get/example3-get-message-in-text.response.json"}) {
-      std::string text = mailrail::testing::ReadFile(root / name);
-      if (!text.empty()) bases.push_back(std::move(text));
+// and subject. With attachments, every fourth message carries the docs' fileAttachment inline with
+// 24 KiB of base64 contentBytes (a small PDF); without, they are the bare message resources.
+std::vector<std::string> MakeGraphMessages(bool with_attachments) {
+  std::vector<std::string> out;
+  const auto root = mailrail::testing::CorpusDir() / "msgraph-docs/api-reference/v1.0/api";
+  std::vector<std::string> bases;
+  for (const char* name : {"message-get/example1-get-message.response.json",
+                           "message-get/example3-get-message-in-text.response.json"}) {
+    std::string text = mailrail::testing::ReadFile(root / name);
+    if (!text.empty()) bases.push_back(std::move(text));
+  }
+  std::string attachment = mailrail::testing::ReadFile(root / "attachment-get/example1-fileAttachment.response.json");
+  if (bases.empty()) return out;
+  std::string payload;
+  while (payload.size() < 24 * 1024) payload += "UEsDBBQABgAIAAAAIQ4AAAAAQUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=";
+  payload.resize(24 * 1024);
+  if (const auto at = attachment.find("UEsDBBQABgAIAAAAIQ4AAAAA"); at != std::string::npos) {
+    attachment.replace(at, 24, payload);
+  }
+  for (int i = 0; i < 4000; ++i) {
+    std::string m = bases[static_cast<std::size_t>(i) % bases.size()];
+    const std::string tag = std::to_string(i);
+    if (const auto at = m.find("\"subject\":"); at != std::string::npos) {
+      const auto q = m.find('"', m.find('"', at + 10) + 1);
+      m.insert(q, " #" + tag);
     }
-    std::string attachment = mailrail::testing::ReadFile(root / "attachment-get/example1-fileAttachment.response.json");
-    if (bases.empty()) return out;
-    // A realistic attachment: 24 KiB of base64 in contentBytes.
-    std::string payload;
-    for (int i = 0; payload.size() < 24 * 1024; ++i) payload += "UEsDBBQABgAIAAAAIQ4AAAAAQUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=";
-    payload.resize(24 * 1024);
-    if (const auto at = attachment.find("UEsDBBQABgAIAAAAIQ4AAAAA"); at != std::string::npos) {
-      attachment.replace(at, 24, payload);
+    if (const auto at = m.find("\"id\":\""); at != std::string::npos) m.insert(at + 6, tag + "-");
+    if (with_attachments && i % 4 == 0 && !attachment.empty()) {
+      m.insert(m.find('{') + 1, "\"attachments\":[" + attachment + "],");
     }
-    for (int i = 0; i < 4000; ++i) {
-      std::string m = bases[static_cast<std::size_t>(i) % bases.size()];
-      const std::string tag = std::to_string(i);
-      if (const auto at = m.find("\"subject\":"); at != std::string::npos) {
-        const auto q = m.find('"', m.find('"', at + 10) + 1);
-        m.insert(q, " #" + tag);
-      }
-      if (const auto at = m.find("\"id\":\""); at != std::string::npos) m.insert(at + 6, tag + "-");
-      if (i % 4 == 0 && !attachment.empty()) {
-        m.insert(m.find('{') + 1, "\"attachments\":[" + attachment + "],");
-      }
-      out.push_back(std::move(m));
-    }
-    return out;
-  }();
-  return messages;
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+const std::vector<std::string>& GraphMessages(bool with_attachments) {
+  static const std::vector<std::string> with = MakeGraphMessages(true);
+  static const std::vector<std::string> without = MakeGraphMessages(false);
+  return with_attachments ? with : without;
 }
 
 void SkipWithoutCorpus(benchmark::State& state, const std::vector<std::string>& messages) {
@@ -164,7 +167,7 @@ void BM_MimeParse_GMime(benchmark::State& state) {
 BENCHMARK(BM_MimeParse_GMime)->Unit(benchmark::kMillisecond);
 
 void BM_GraphJson_Mailrail(benchmark::State& state) {
-  const auto& messages = GraphMessages();
+  const auto& messages = GraphMessages(state.range(0) != 0);
   SkipWithoutCorpus(state, messages);
   MessageParser parser;
   Message msg;
@@ -184,12 +187,12 @@ void BM_GraphJson_Mailrail(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * messages.size()));
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * TotalBytes(messages)));
 }
-BENCHMARK(BM_GraphJson_Mailrail)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GraphJson_Mailrail)->ArgName("attachments")->Arg(1)->Arg(0)->Unit(benchmark::kMillisecond);
 
 // Peer: simdjson On-Demand visiting every top-level field and reading every string value of the
 // same documents (no record, no base64, no HTML), i.e. the raw parser speed.
 void BM_GraphJson_SimdjsonWalk(benchmark::State& state) {
-  const auto& messages = GraphMessages();
+  const auto& messages = GraphMessages(state.range(0) != 0);
   SkipWithoutCorpus(state, messages);
   simdjson::ondemand::parser parser;
   std::string buffer;
@@ -211,7 +214,7 @@ void BM_GraphJson_SimdjsonWalk(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * TotalBytes(messages)));
   state.SetLabel(simdjson::builtin_implementation()->name());
 }
-BENCHMARK(BM_GraphJson_SimdjsonWalk)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GraphJson_SimdjsonWalk)->ArgName("attachments")->Arg(1)->Arg(0)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -55,17 +55,16 @@ bool GraphJsonParser::ReadString(ondemand::value value, std::string_view& out) {
         out = std::string_view(begin, static_cast<std::size_t>(quote - begin));
         return true;
       }
+      // Unescape straight into the arena (simdjson may write up to SIMDJSON_PADDING bytes past
+      // the text; that slack stays unused in the arena).
       const std::size_t len = static_cast<std::size_t>(quote - begin);
-      unescaped_.Clear();
-      auto* dst = reinterpret_cast<std::uint8_t*>(unescaped_.Extend(len + simdjson::SIMDJSON_PADDING));
-      auto* const dst_begin = dst;
+      auto* dst = reinterpret_cast<std::uint8_t*>(msg_->arena.Allocate(len + simdjson::SIMDJSON_PADDING));
       std::string_view text;
       if (const auto error = parser_.unescape(raw, dst).get(text); error != simdjson::SUCCESS) {
         OnError(error);
         return false;
       }
-      (void)dst_begin;
-      out = msg_->arena.Copy(text);
+      out = text;
       return true;
     }
     p = quote + 1;
@@ -81,11 +80,11 @@ bool GraphJsonParser::ReadRecipient(ondemand::value value, Address& out) {
   bool found = false;
   for (auto field_result : recipient) {
     ondemand::field field;
-    std::string_view key;
-    if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+    if (std::move(field_result).get(field) != simdjson::SUCCESS) {
       json_error_ = true;
       return false;
     }
+    const ondemand::raw_json_string key = field.key();
     if (key != "emailAddress") continue;
     ondemand::object email;
     if (const auto error = field.value().get_object().get(email); error != simdjson::SUCCESS) {
@@ -94,11 +93,11 @@ bool GraphJsonParser::ReadRecipient(ondemand::value value, Address& out) {
     }
     for (auto inner_result : email) {
       ondemand::field inner;
-      std::string_view inner_key;
-      if (std::move(inner_result).get(inner) != simdjson::SUCCESS || inner.unescaped_key().get(inner_key) != simdjson::SUCCESS) {
+      if (std::move(inner_result).get(inner) != simdjson::SUCCESS) {
         json_error_ = true;
         return false;
       }
+      const ondemand::raw_json_string inner_key = inner.key();
       if (inner_key == "name") {
         ReadString(inner.value(), out.name);
       } else if (inner_key == "address") {
@@ -138,11 +137,11 @@ void GraphJsonParser::ReadBody(ondemand::value value) {
   }
   for (auto field_result : body) {
     ondemand::field field;
-    std::string_view key;
-    if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+    if (std::move(field_result).get(field) != simdjson::SUCCESS) {
       json_error_ = true;
       return;
     }
+    const ondemand::raw_json_string key = field.key();
     if (key == "contentType") {
       std::string_view type;
       if (ReadString(field.value(), type)) body_is_html_ = EqualsLower(type, "html");
@@ -170,11 +169,11 @@ void GraphJsonParser::ReadAttachments(ondemand::value value) {
     std::uint64_t size = 0;
     for (auto field_result : object) {
       ondemand::field field;
-      std::string_view key;
-      if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+      if (std::move(field_result).get(field) != simdjson::SUCCESS) {
         json_error_ = true;
         return;
       }
+      const ondemand::raw_json_string key = field.key();
       if (key == "name") {
         ReadString(field.value(), name);
       } else if (key == "contentType") {
@@ -241,11 +240,11 @@ void GraphJsonParser::Parse(Message& msg, std::size_t max_bytes) {
   for (auto field_result : object) {
     if (json_error_) break;
     ondemand::field field;
-    std::string_view key;
-    if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+    if (std::move(field_result).get(field) != simdjson::SUCCESS) {
       ok = false;
       break;
     }
+    const ondemand::raw_json_string key = field.key();
     ondemand::value value = field.value();
     if (key == "internetMessageId") {
       std::string_view id;
@@ -275,11 +274,12 @@ void GraphJsonParser::Parse(Message& msg, std::size_t max_bytes) {
     } else if (key == "replyTo") {
       ReadRecipients(value, record.reply_to);
     } else if (key == "sentDateTime" || key == "receivedDateTime") {
+      const bool is_sent = key == "sentDateTime";
       std::string_view text;
       if (!ReadString(value, text)) continue;
       const auto ms = ParseIso8601Ms(text);
       if (!ms) AddDefect(defect::kUnparseableDate);
-      if (key == "sentDateTime") {
+      if (is_sent) {
         saw_sent = true;
         record.date_unix_ms = ms;
       } else {
