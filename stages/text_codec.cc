@@ -447,7 +447,16 @@ void AppendPreview(std::string_view text, std::size_t max_chars, ScratchBuffer& 
     if (c < 0x80) {
       // A run of printable ASCII: copy it in one go.
       std::size_t j = i + 1;
-      while (j < n && j - i < max_chars - chars) {
+      const std::size_t limit = std::min(n, i + (max_chars - chars));
+      // Eight bytes at a time while none is <= ' ' or >= 0x80 (SWAR "has byte less than").
+      while (limit - j >= 8) {
+        std::uint64_t w;
+        std::memcpy(&w, text.data() + j, 8);
+        const std::uint64_t below = (w - 0x2121212121212121ull) & ~w & 0x8080808080808080ull;
+        if ((below | (w & 0x8080808080808080ull)) != 0) break;
+        j += 8;
+      }
+      while (j < limit) {
         const unsigned char d = static_cast<unsigned char>(text[j]);
         if (d >= 0x80 || d <= ' ') break;
         ++j;
