@@ -15,6 +15,7 @@
 
 namespace mailrail::stages {
 
+// ConvertStatus: what a conversion had to guess or replace (mapped to defects by the caller).
 struct ConvertStatus {
   bool unknown_charset = false;
   bool invalid_data = false;

@@ -635,7 +635,7 @@ void MimeParser::ParseAddressList(std::string_view v, std::vector<Address>& out)
     else overflow = true;
   };
   auto finish = [&] {
-    FinishMailbox(tokens, count, v, out);
+    FinishMailbox(tokens, count, out);
     count = 0;
   };
   std::size_t i = 0;
@@ -703,7 +703,7 @@ void MimeParser::ParseAddressList(std::string_view v, std::vector<Address>& out)
   if (overflow) AddDefect(defect::kMalformedAddress);
 }
 
-void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::string_view source,
+void MimeParser::FinishMailbox(const Token* tokens, std::size_t count,
                                std::vector<Address>& out) {
   constexpr std::size_t kMaxRuns = 16;
   if (count == 0) return;
@@ -746,8 +746,11 @@ void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::stri
       }
       if (single_spaces) return DecodeText(slice);
     }
-    // General case: join words with single spaces, unquoting quoted strings.
-    char* buffer = arena.Allocate(static_cast<std::size_t>(source.size()));
+    // General case: join words with single spaces, unquoting quoted strings. Sized by the words
+    // themselves (not the whole field), so a long list of names stays linear in memory.
+    std::size_t needed = 0;
+    for (std::size_t k = first; k <= last; ++k) needed += tokens[k].text.size() + 1;
+    char* buffer = arena.Allocate(needed);
     std::size_t len = 0;
     for (std::size_t k = first; k <= last; ++k) {
       if (tokens[k].kind != Token::kAtom && tokens[k].kind != Token::kQuoted) continue;
@@ -827,7 +830,9 @@ void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::stri
       }
       auto build = [&](const Run& run) -> std::string_view {
         if (run.end - run.begin == 1 && tokens[run.begin].kind == Token::kAtom) return tokens[run.begin].text;
-        char* buffer = arena.Allocate(source.size() + 2 * count);
+        std::size_t needed = 0;
+        for (std::size_t k = run.begin; k < run.end; ++k) needed += tokens[k].text.size() + 2;
+        char* buffer = arena.Allocate(needed);
         std::size_t len = 0;
         for (std::size_t k = run.begin; k < run.end; ++k) {
           if (tokens[k].kind == Token::kComment) continue;

@@ -26,6 +26,8 @@
 
 namespace mailrail::stages {
 
+// ParseLimits: bounds that keep hostile input linear; exceeding one is a defect, not an error
+// (max_message_bytes: parse_failed "too_large").
 struct ParseLimits {
   std::size_t max_message_bytes = 256u << 20;
   std::size_t max_depth = 32;       // nested multiparts / message/rfc822
@@ -87,7 +89,7 @@ class MimeParser {
   // RFC 2047 decoding of unstructured text (or a phrase) to UTF-8; a view when nothing changes.
   std::string_view DecodeText(std::string_view text);
   void ParseAddressList(std::string_view value, std::vector<Address>& out);
-  void FinishMailbox(const Token* tokens, std::size_t count, std::string_view source, std::vector<Address>& out);
+  void FinishMailbox(const Token* tokens, std::size_t count, std::vector<Address>& out);
   std::string_view DecodeTransfer(std::string_view cte, std::string_view body, bool& decoded_in_scratch);
   std::string_view ToUtf8(std::string_view charset, std::string_view bytes, bool bytes_are_stable);
   void AddDefect(std::string_view defect);

@@ -46,6 +46,7 @@ class ScratchBuffer {
   std::size_t capacity_ = 0;
 };
 
+// DecodeStatus: what a lenient decoder skipped or could not finish (the caller maps it to defects).
 struct DecodeStatus {
   bool invalid = false;    // characters outside the encoding's alphabet (skipped)
   bool truncated = false;  // input ended inside a unit (partial quantum / escape)

@@ -210,6 +210,15 @@ TEST_F(MimeParserTest, StrayLineInsideTheHeaderIsSkippedWhenFieldsFollow) {
   EXPECT_FALSE(HasDefect(r, defect::kMissingHeaderBodySeparator));
 }
 
+TEST_F(MimeParserTest, LongAddressListsStayLinearInMemory) {
+  std::string to = "To: ";
+  for (int i = 0; i < 20000; ++i) to += "\"Name " + std::to_string(i) + "\" <u" + std::to_string(i) + "@x.example>, ";
+  const Record& r = Parse("From: a@x\n" + to + "\nDate: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
+  EXPECT_EQ(r.to.size(), 20000u);
+  EXPECT_EQ(r.to[19999].name, "Name 19999");
+  EXPECT_LT(msg_.arena.bytes_reserved(), 4 * msg_.raw.size() + 64 * 1024);
+}
+
 TEST_F(MimeParserTest, MalformedAddressIsDefect) {
   const Record& r = Parse("From: just-a-name\nDate: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
   EXPECT_TRUE(HasDefect(r, defect::kMalformedAddress));
