@@ -1,12 +1,14 @@
 #pragma once
 // ConcurrentWalWriter: the thread-safe front end of WalWriter for many appenders that each wait
 // for their own record (network threads, bench_wal). AppendAndWait encodes the record into the
-// open group under a mutex and sleeps until the group holding it is durable; one commit thread
-// owned by this object drives WalWriter::Poll and sleeps on its event fd while a group is in
-// flight, so concurrent appenders are gathered into the next group (group commit).
+// open group under a mutex; then one waiting appender at a time is the leader: it drives
+// WalWriter::Poll (submit, reap) and sleeps on the writer's event fd while a group is in flight,
+// outside the mutex, so that the others keep appending to the next group (group commit). The
+// others sleep on a condition variable until their record is durable or leadership is free.
+// There is no commit thread: a completion wakes the leader directly (one hop fewer each way).
 //
-// Threading: AppendAndWait and set_forwarded_lsn from any number of threads. The constructor and
-//   destructor from one thread; the destructor flushes what was appended and joins the thread.
+// Threading: AppendAndWait and set_forwarded_lsn from any number of threads. Construction and
+//   destruction from one thread, with no AppendAndWait running.
 // Blocking: AppendAndWait blocks until durability (typically one fdatasync) and, while both
 //   groups are full, until one completes. It never blocks for disk space: a full disk budget
 //   returns the error "wal.full" at once so that the caller can push back (HTTP 503).
@@ -17,7 +19,6 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <thread>
 
 #include "engine/base/result.h"
 #include "storage/wal_writer.h"
@@ -41,16 +42,14 @@ class ConcurrentWalWriter {
   const WalOpenReport& open_report() const { return writer_->open_report(); }
 
  private:
-  explicit ConcurrentWalWriter(std::unique_ptr<WalWriter> writer);
-  void CommitLoop();
-  void WakeCommitThreadLocked();
+  explicit ConcurrentWalWriter(std::unique_ptr<WalWriter> writer) : writer_(std::move(writer)) {}
+  // Leads commits until `lsn` is durable or the writer failed. Called and returns with `lock` held.
+  void Lead(std::unique_lock<std::mutex>& lock, std::uint64_t lsn);
 
   std::unique_ptr<WalWriter> writer_;
   std::mutex mutex_;
-  std::condition_variable durable_;
-  bool stop_ = false;
-  bool commit_thread_sleeping_ = false;
-  std::thread thread_;
+  std::condition_variable changed_;  // a group completed, or leadership became free
+  bool has_leader_ = false;
 };
 
 }  // namespace mailrail::storage

@@ -89,6 +89,11 @@ base::Result<std::unique_ptr<WalWriter>> WalWriter::Open(WalConfig config) {
     return Errno("wal.io_uring", "io_uring_queue_init", -rc);
   }
   w.ring_ready_ = true;
+  // One io-wq worker per bounded class runs every write and fdatasync, in order, on one thread:
+  // concurrency buys nothing for a single in-flight group, and ext4's journal batches (sleeps)
+  // when it sees sync writers with changing thread ids.
+  unsigned max_workers[2] = {1, 1};
+  io_uring_register_iowq_max_workers(&w.ring_, max_workers);
   w.event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (w.event_fd_ < 0) return Errno("wal.eventfd", "eventfd", errno);
   if (const int rc = io_uring_register_eventfd(&w.ring_, w.event_fd_); rc < 0) {
