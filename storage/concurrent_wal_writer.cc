@@ -12,12 +12,38 @@ base::Result<std::unique_ptr<ConcurrentWalWriter>> ConcurrentWalWriter::Open(Wal
 
 ConcurrentWalWriter::~ConcurrentWalWriter() = default;
 
+void ConcurrentWalWriter::Park(std::unique_lock<std::mutex>& lock, std::uint64_t lsn) {
+  Waiter waiter;
+  waiter.lsn = lsn;
+  waiters_.push_back(&waiter);
+  lock.unlock();
+  waiter.wake.acquire();  // whoever woke us removed us from waiters_
+  lock.lock();
+}
+
+void ConcurrentWalWriter::WakeDurable() {
+  const std::uint64_t durable = writer_->durable_lsn();
+  const bool failed = writer_->failure() != nullptr;
+  std::erase_if(waiters_, [&](Waiter* w) {
+    if (w->lsn > durable && !failed) return false;
+    w->wake.release();
+    return true;
+  });
+}
+
+void ConcurrentWalWriter::HandOver() {
+  if (waiters_.empty()) return;
+  Waiter* next = waiters_.front();
+  waiters_.erase(waiters_.begin());
+  next->wake.release();
+}
+
 void ConcurrentWalWriter::Lead(std::unique_lock<std::mutex>& lock, std::uint64_t lsn) {
   has_leader_ = true;
   while (writer_->durable_lsn() < lsn && writer_->failure() == nullptr) {
     const std::uint64_t before = writer_->durable_lsn();
     writer_->Poll(Clock::now());  // reap, then submit the open group if none is in flight
-    if (writer_->durable_lsn() != before) changed_.notify_all();
+    if (writer_->durable_lsn() != before || writer_->failure() != nullptr) WakeDurable();
     if (writer_->durable_lsn() >= lsn) break;
     std::chrono::microseconds timeout(10'000);  // a completion wakes the event fd sooner
     if (!writer_->commit_in_flight()) {  // lingering: sleep until the group's deadline
@@ -29,7 +55,8 @@ void ConcurrentWalWriter::Lead(std::unique_lock<std::mutex>& lock, std::uint64_t
     lock.lock();
   }
   has_leader_ = false;
-  changed_.notify_all();  // a follower whose record is not yet durable takes over
+  WakeDurable();
+  HandOver();  // a follower whose record is not yet durable takes over
 }
 
 base::Result<std::uint64_t> ConcurrentWalWriter::AppendAndWait(const WalMessage& m) {
@@ -47,7 +74,7 @@ base::Result<std::uint64_t> ConcurrentWalWriter::AppendAndWait(const WalMessage&
           writer_->Poll(Clock::now());  // submits the full group if none is in flight
           if (writer_->commit_in_flight()) Lead(lock, writer_->last_appended_lsn());
         } else {
-          changed_.wait(lock);
+          Park(lock, 0);
         }
         continue;
       case WalWriter::AppendStatus::kDiskFull:
@@ -68,7 +95,7 @@ base::Result<std::uint64_t> ConcurrentWalWriter::AppendAndWait(const WalMessage&
     if (!has_leader_) {
       Lead(lock, lsn);
     } else {
-      changed_.wait(lock);
+      Park(lock, lsn);
     }
   }
   if (writer_->durable_lsn() < lsn) return base::MakeError("wal.failed", writer_->failure()->message);

@@ -4,8 +4,11 @@
 // open group under a mutex; then one waiting appender at a time is the leader: it drives
 // WalWriter::Poll (submit, reap) and sleeps on the writer's event fd while a group is in flight,
 // outside the mutex, so that the others keep appending to the next group (group commit). The
-// others sleep on a condition variable until their record is durable or leadership is free.
-// There is no commit thread: a completion wakes the leader directly (one hop fewer each way).
+// others park on their own semaphore in a waiter list; after each completed group the leader
+// wakes exactly the waiters whose records are now durable (no thundering herd: on a small machine
+// every spurious wake-up delays the io-wq worker that runs the next fdatasync), and when it stops
+// leading it hands leadership to the oldest waiter. There is no commit thread: a completion wakes
+// the leader directly.
 //
 // Threading: AppendAndWait and set_forwarded_lsn from any number of threads. Construction and
 //   destruction from one thread, with no AppendAndWait running.
@@ -15,10 +18,11 @@
 // Memory ordering: the mutex orders appends, commits and the durable LSN; the condition variable
 //   is notified after every completed group.
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <semaphore>
+#include <vector>
 
 #include "engine/base/result.h"
 #include "storage/wal_writer.h"
@@ -42,13 +46,26 @@ class ConcurrentWalWriter {
   const WalOpenReport& open_report() const { return writer_->open_report(); }
 
  private:
+  // A parked appender: woken when its record is durable (lsn <= durable), or, for lsn 0 (waiting
+  // for room in a full group), after any completion; or when it is handed leadership.
+  struct Waiter {
+    std::uint64_t lsn = 0;
+    std::binary_semaphore wake{0};
+  };
+
   explicit ConcurrentWalWriter(std::unique_ptr<WalWriter> writer) : writer_(std::move(writer)) {}
   // Leads commits until `lsn` is durable or the writer failed. Called and returns with `lock` held.
   void Lead(std::unique_lock<std::mutex>& lock, std::uint64_t lsn);
+  // Parks until woken (see Waiter). Called and returns with `lock` held.
+  void Park(std::unique_lock<std::mutex>& lock, std::uint64_t lsn);
+  // Wakes the waiters a completion satisfies. With `lock` held.
+  void WakeDurable();
+  // Wakes the oldest waiter so that it leads, if any waits. With `lock` held.
+  void HandOver();
 
   std::unique_ptr<WalWriter> writer_;
   std::mutex mutex_;
-  std::condition_variable changed_;  // a group completed, or leadership became free
+  std::vector<Waiter*> waiters_;  // in arrival order
   bool has_leader_ = false;
 };
 

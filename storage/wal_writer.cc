@@ -343,6 +343,10 @@ void WalWriter::Submit() {
     MR_CHECK(write != nullptr) << "io_uring submission queue full";
     io_uring_prep_writev(write, part.fd, &iovecs_[i], 1, part.file_offset);
     write->user_data = 2 * i;
+    // IOSQE_ASYNC: the copy into the page cache runs on the io-wq worker (which runs the linked
+    // fdatasync next anyway), not inline in io_uring_submit, so the submitting thread, which may
+    // hold ConcurrentWalWriter's mutex, returns at once.
+    write->flags |= IOSQE_ASYNC;
     if (sync || more) write->flags |= IOSQE_IO_LINK;
     if (sync) {
       io_uring_sqe* fsync = io_uring_get_sqe(&ring_);

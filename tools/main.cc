@@ -4,11 +4,14 @@
 
 #include <mimalloc.h>
 
+#include "tools/cmd_wal.h"
+
 int main(int argc, char** argv) {
   CLI::App app{"mailrail: crash-safe email ingestion engine"};
   app.require_subcommand(1);
   auto* version = app.add_subcommand("version", "Print the version and build");
   version->callback([] { fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version()); });
+  mailrail::tools::AddWalCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
