@@ -27,24 +27,22 @@ void FutexWakeAll(std::atomic<std::uint32_t>* word) {
 }  // namespace
 
 std::uint32_t Waiter::PrepareToPark() {
-  const std::uint32_t ticket = epoch_.load(std::memory_order_relaxed);
-  parked_.store(true, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const std::uint32_t ticket = epoch_.load(std::memory_order_acquire);
+  parked_.exchange(1, std::memory_order_acq_rel);
   return ticket;
 }
 
-void Waiter::CancelPark() { parked_.store(false, std::memory_order_relaxed); }
+void Waiter::CancelPark() { parked_.store(0, std::memory_order_relaxed); }
 
 void Waiter::Park(std::uint32_t ticket, std::chrono::nanoseconds timeout) {
   if (epoch_.load(std::memory_order_acquire) == ticket) {
     FutexWait(&epoch_, ticket, timeout);
   }
-  parked_.store(false, std::memory_order_relaxed);
+  parked_.store(0, std::memory_order_relaxed);
 }
 
 void Waiter::Notify() {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (parked_.load(std::memory_order_relaxed)) {
+  if (parked_.fetch_or(0, std::memory_order_acq_rel) != 0) {
     epoch_.fetch_add(1, std::memory_order_release);
     FutexWakeAll(&epoch_);
   }

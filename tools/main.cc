@@ -1,16 +1,20 @@
-// mailrail: the daemon and its command-line tools.
+// mailrail: the daemon and its command-line tools. Each subcommand lives in its own cmd_*.cc.
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
-
 #include <mimalloc.h>
 
+#include "tools/cmd_replay.h"
+#include "tools/cmd_stats.h"
 #include "tools/cmd_wal.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mailrail: crash-safe email ingestion engine"};
   app.require_subcommand(1);
-  auto* version = app.add_subcommand("version", "Print the version and build");
-  version->callback([] { fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version()); });
+  app.add_subcommand("version", "Print the version")->callback([] {
+    fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version());
+  });
+  mailrail::tools::AddReplayCommand(app);
+  mailrail::tools::AddStatsCommands(app);
   mailrail::tools::AddWalCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;

@@ -1,0 +1,154 @@
+// mailrail replay: replays captured dumps through the whole pipeline into a sink, exits when
+// drained, and prints a summary.
+#include "tools/cmd_replay.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include <fmt/core.h>
+
+#include "stages/replay_source.h"
+#include "tools/pipeline.h"
+
+namespace mailrail::tools {
+namespace {
+
+struct ReplayFlags {
+  std::vector<std::string> paths;
+  std::string sink = "jsonl:mailrail-replay.jsonl";
+  std::string format = "auto";
+  double rate = 0;
+  double pace = 0;
+  std::string data_dir = "mailrail-data";
+  std::string placement = "auto";
+  bool fresh = false;
+  std::string wal_sync = "data";
+  std::size_t in_flight_mib = 256;
+};
+
+base::Result<engine::TopologyConfig::Placement> ParsePlacement(const std::string& name) {
+  if (name == "auto") return engine::TopologyConfig::Placement::kAuto;
+  if (name == "one-thread") return engine::TopologyConfig::Placement::kOneThread;
+  if (name == "thread-per-stage") return engine::TopologyConfig::Placement::kThreadPerStage;
+  return base::MakeError("topology.placement", "unknown placement '" + name + "' (auto, one-thread, thread-per-stage)");
+}
+
+int RunReplay(const ReplayFlags& flags) {
+  auto format = stages::ParseDumpFormat(flags.format);
+  if (!format) {
+    fmt::print(stderr, "mailrail replay: {}\n", format.error().message);
+    return 2;
+  }
+  auto placement = ParsePlacement(flags.placement);
+  if (!placement) {
+    fmt::print(stderr, "mailrail replay: {}\n", placement.error().message);
+    return 2;
+  }
+  if (flags.sink.rfind("jsonl:", 0) != 0) {
+    fmt::print(stderr, "mailrail replay: unsupported sink '{}' (jsonl:FILE)\n", flags.sink);
+    return 2;
+  }
+  auto inputs = stages::ExpandReplayPaths(flags.paths, *format);
+  if (!inputs) {
+    fmt::print(stderr, "mailrail replay: {}\n", inputs.error().message);
+    return 2;
+  }
+  PipelineSettings settings;
+  settings.data_dir = flags.data_dir;
+  settings.topology.placement = *placement;
+  settings.in_flight_bytes = flags.in_flight_mib << 20;
+  settings.jsonl_path = flags.sink.substr(6);
+  if (flags.wal_sync == "none") {
+    settings.wal.sync = storage::WalConfig::Sync::kNone;
+    fmt::print(stderr, "mailrail replay: WARNING: --wal-sync none: the WAL does not fdatasync; a crash loses data. "
+                       "For benchmarks only.\n");
+  }
+  auto pipeline = Pipeline::Open(settings);
+  if (!pipeline) {
+    fmt::print(stderr, "mailrail replay: {}\n", pipeline.error().message);
+    return 1;
+  }
+  Pipeline& p = **pipeline;
+
+  stages::ReplayOptions options;
+  options.inputs = std::move(inputs).value();
+  options.rate = flags.rate;
+  options.pace = flags.pace;
+  options.max_message_bytes = p.max_message_bytes();
+  options.checkpoint_path = flags.fresh ? "" : (std::filesystem::path(flags.data_dir) / "replay.checkpoint").string();
+  auto source = stages::ReplaySource::Create(std::move(options), &p.pool(), p.ingest());
+  if (!source) {
+    fmt::print(stderr, "mailrail replay: {}\n", source.error().message);
+    return 1;
+  }
+  stages::ReplaySource* source_ptr = source->get();
+  if (!flags.fresh) {
+    if (auto status = source_ptr->AdoptWalPositions(p.wal().config().dir, p.wal_open_report().next_lsn); !status) {
+      fmt::print(stderr, "mailrail replay: {}\n", status.error().message);
+      return 1;
+    }
+    p.set_retention_floor([source_ptr] { return source_ptr->checkpointed_lsn(); });
+  }
+  p.AddSource(std::move(source).value());
+
+  const auto started = std::chrono::steady_clock::now();
+  if (auto status = p.Start(); !status) {
+    fmt::print(stderr, "mailrail replay: {}\n", status.error().message);
+    return 1;
+  }
+  p.Wait();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (auto status = source_ptr->WriteCheckpoint(); !status) {
+    fmt::print(stderr, "mailrail replay: {}\n", status.error().message);
+  }
+
+  const auto& in = source_ptr->counters();
+  const auto& out = p.sink().counters();
+  const double messages = static_cast<double>(in.messages.load());
+  const double mb = static_cast<double>(in.bytes.load()) / 1e6;
+  fmt::print("replayed {} files: {} messages, {:.1f} MB in {:.3f} s ({:.0f} messages/s, {:.1f} MB/s)\n",
+             in.files.load(), in.messages.load(), mb, seconds, messages / seconds, mb / seconds);
+  const stages::ParseCounters parsed = p.parse().counters();
+  if (p.recovery().recovered() > 0) {
+    fmt::print("recovered from the WAL: {} messages accepted before a restart and not yet forwarded\n",
+               p.recovery().recovered());
+  }
+  std::uint64_t defects = 0;
+  for (auto n : parsed.defects) defects += n;
+  fmt::print("parse: {} messages with defects ({} defects in all)\n", parsed.messages_with_defects, defects);
+  fmt::print("outcomes: forwarded {}, duplicates {}, dropped by rule {}, quarantined by rule {}, "
+             "quarantined unparseable {}\n",
+             out.forwarded.load(), out.duplicates.load(), out.dropped_by_rule.load(), out.quarantined_by_rule.load(),
+             out.quarantined_unparseable.load());
+  fmt::print("not ingested: unreadable files {}, messages over the size limit {}, skipped as already durable {}\n",
+             in.unreadable_files.load(), in.rejected_too_large.load(), in.skipped_before_checkpoint.load());
+  fmt::print("sink: {}\n", flags.sink);
+  return in.unreadable_files.load() == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+void AddReplayCommand(CLI::App& app) {
+  auto flags = std::make_shared<ReplayFlags>();
+  CLI::App* cmd = app.add_subcommand("replay", "Replay captured dumps (mbox, Maildir, .eml trees, Graph JSONL, gzip) "
+                                               "through the pipeline into a sink");
+  cmd->add_option("paths", flags->paths, "Files or directories to replay")->required();
+  cmd->add_option("--sink", flags->sink, "Where records go: jsonl:FILE")->capture_default_str();
+  cmd->add_option("--format", flags->format, "auto, mbox, mboxrd, mboxo, mboxcl, mboxcl2, maildir, eml, jsonl")
+      ->capture_default_str();
+  cmd->add_option("--rate", flags->rate, "Messages per second (0: as fast as possible)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--pace", flags->pace, "Replay the dump's own timing sped up by this factor (0: off)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--data-dir", flags->data_dir, "Data directory (WAL, checkpoints)")->capture_default_str();
+  cmd->add_option("--placement", flags->placement, "Stage placement: auto, one-thread, thread-per-stage")
+      ->capture_default_str();
+  cmd->add_option("--in-flight-mib", flags->in_flight_mib, "Memory budget for messages in flight (MiB)")
+      ->capture_default_str();
+  cmd->add_option("--wal-sync", flags->wal_sync, "data (fdatasync every commit group) or none (benchmarks only)")
+      ->check(CLI::IsMember({"data", "none"}))
+      ->capture_default_str();
+  cmd->add_flag("--fresh", flags->fresh, "Ignore and do not write the replay checkpoint");
+  cmd->callback([flags] { throw CLI::RuntimeError(RunReplay(*flags)); });
+}
+
+}  // namespace mailrail::tools
