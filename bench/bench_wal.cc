@@ -5,7 +5,8 @@
 //   BM_WalPerRecord_Fdatasync      each appender: pwrite its record, then fdatasync
 //   BM_WalGroupCommit_SyncSyscalls the same grouping (gather while a commit is in flight, max
 //                                  group bytes) with a leader doing pwrite + fdatasync itself
-// plus BM_WalStream_NonBlocking (one thread through the pipeline-stage API, 64 KiB records) and
+// plus BM_WalStream_NonBlocking (one thread through the pipeline-stage API, 64 KiB records),
+// BM_WalRecovery_OpenAndScan (start-up on a 1 GiB log with a cold page cache) and
 // BM_Disk_SequentialWrite1MiB (1 MiB writes, one fdatasync at the end: the disk's bandwidth).
 // Each run appends for a fixed wall time; the summary printed at the end gives same-run ratios.
 //
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "storage/concurrent_wal_writer.h"
+#include "storage/wal_reader.h"
 #include "storage/wal_writer.h"
 
 namespace {
@@ -332,6 +334,63 @@ void BM_WalStream_NonBlocking(benchmark::State& state) {
   }
 }
 
+// Start-up on a big log: write `mib` MiB of 4 KiB records (sync = none, one fdatasync at the end),
+// evict the files from the page cache (posix_fadvise DONTNEED), then time what a restart does:
+// WalWriter::Open (scan and cut the newest segment, start a new one) and a WalReader pass over
+// every record after checkpoint 0 with all checksums verified (what WalRecoverySource reads).
+void BM_WalRecovery_OpenAndScan(benchmark::State& state) {
+  const std::uint64_t total = static_cast<std::uint64_t>(state.range(0)) << 20;
+  for (auto _ : state) {
+    WalConfig config;
+    config.dir = FreshDir("recovery");
+    config.segment_bytes = 256ull << 20;
+    config.sync = WalConfig::Sync::kNone;
+    {
+      auto w = WalWriter::Open(config);
+      if (!w) {
+        state.SkipWithError(w.error().message.c_str());
+        return;
+      }
+      const std::string payload(4096 - 48, 'r');
+      const WalMessage m = Message(payload);
+      std::uint64_t written = 0;
+      while (written < total) {
+        const auto r = w.value()->TryAppend(m, Clock::now());
+        if (r.status == WalWriter::AppendStatus::kGroupFull) {
+          w.value()->Flush();
+          continue;
+        }
+        if (r.status != WalWriter::AppendStatus::kAppended) std::abort();
+        written += 4096;
+      }
+      w.value()->Flush();
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(config.dir)) {
+      const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      ::fdatasync(fd);
+      ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+      ::close(fd);
+    }
+    config.sync = WalConfig::Sync::kData;
+    const Clock::time_point start = Clock::now();
+    auto w = WalWriter::Open(config);
+    if (!w) std::abort();
+    auto reader = mailrail::storage::WalReader::Open(config.dir, {.after_lsn = 0,
+                                                                  .end_lsn = w.value()->open_report().next_lsn});
+    mailrail::storage::RecordView view;
+    std::uint64_t records = 0;
+    while (reader->Next(&view)) ++records;
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    state.SetIterationTime(seconds);
+    state.SetItemsProcessed(static_cast<std::int64_t>(records));
+    state.SetBytesProcessed(static_cast<std::int64_t>(reader->report().bytes));
+    state.counters["startup_s"] = seconds;
+    w.value().reset();
+    std::filesystem::remove_all(config.dir);
+  }
+}
+
 // The disk's sequential bandwidth: 1 MiB writes to a new file, one fdatasync at the end.
 void BM_Disk_SequentialWrite1MiB(benchmark::State& state) {
   const std::uint64_t total = static_cast<std::uint64_t>(state.range(0)) << 20;
@@ -362,6 +421,8 @@ BENCHMARK(BM_WalStream_NonBlocking)
     ->Iterations(1)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_WalRecovery_OpenAndScan)->Arg(1024)->ArgName("mib")->Iterations(1)->UseManualTime()->Unit(
+    benchmark::kMillisecond);
 BENCHMARK(BM_Disk_SequentialWrite1MiB)->Arg(1024)->ArgName("mib")->Iterations(1)->UseManualTime()->Unit(
     benchmark::kMillisecond);
 
