@@ -45,13 +45,17 @@ void ConcurrentWalWriter::Lead(std::unique_lock<std::mutex>& lock, std::uint64_t
     writer_->Poll(Clock::now());  // reap, then submit the open group if none is in flight
     if (writer_->durable_lsn() != before || writer_->failure() != nullptr) WakeDurable();
     if (writer_->durable_lsn() >= lsn) break;
-    std::chrono::microseconds timeout(10'000);  // a completion wakes the event fd sooner
+    std::chrono::microseconds timeout(10'000);  // a completion ends the wait sooner
     if (!writer_->commit_in_flight()) {  // lingering: sleep until the group's deadline
       timeout = std::max(std::chrono::microseconds(0), std::chrono::duration_cast<std::chrono::microseconds>(
                                                             writer_->next_deadline() - Clock::now()));
     }
     lock.unlock();
-    writer_->WaitForEvent(timeout);
+    if (writer_->commit_in_flight()) {
+      writer_->WaitForCompletion(timeout);  // only the leader touches the ring while unlocked
+    } else {
+      writer_->WaitForEvent(timeout);
+    }
     lock.lock();
   }
   has_leader_ = false;

@@ -486,6 +486,13 @@ void WalWriter::WaitForEvent(std::chrono::microseconds timeout) const {
   }
 }
 
+void WalWriter::WaitForCompletion(std::chrono::microseconds timeout) {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+  __kernel_timespec ts{ns / 1'000'000'000, ns % 1'000'000'000};
+  io_uring_cqe* cqe = nullptr;
+  io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);  // the CQE stays queued; Poll reaps it
+}
+
 void WalWriter::Wake() const {
   const std::uint64_t one = 1;
   [[maybe_unused]] const ssize_t rc = ::write(event_fd_, &one, sizeof(one));
