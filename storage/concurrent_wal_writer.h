@@ -2,8 +2,8 @@
 // ConcurrentWalWriter: the thread-safe front end of WalWriter for many appenders that each wait
 // for their own record (network threads, bench_wal). AppendAndWait encodes the record into the
 // open group under a mutex; then one waiting appender at a time is the leader: it drives
-// WalWriter::Poll (submit, reap) and sleeps on the writer's event fd while a group is in flight,
-// outside the mutex, so that the others keep appending to the next group (group commit). The
+// WalWriter::Poll (submit, reap) and waits on the ring's completion queue while a group is in
+// flight (WalWriter::WaitForCompletion), outside the mutex, so that the others keep appending to the next group (group commit). The
 // others park on their own semaphore in a waiter list; after each completed group the leader
 // wakes exactly the waiters whose records are now durable (no thundering herd: on a small machine
 // every spurious wake-up delays the io-wq worker that runs the next fdatasync), and when it stops
