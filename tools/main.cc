@@ -7,6 +7,7 @@
 #include "tools/cmd_replay.h"
 #include "tools/cmd_run.h"
 #include "tools/cmd_stats.h"
+#include "tools/cmd_wal.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mailrail: crash-safe email ingestion engine"};
@@ -18,6 +19,7 @@ int main(int argc, char** argv) {
   mailrail::tools::AddReplayCommand(app);
   mailrail::tools::AddStatsCommands(app);
   mailrail::tools::AddDlqCommands(app);
+  mailrail::tools::AddWalCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
