@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/channel.h"
+#include "engine/stats.h"
 
 namespace mailrail::engine {
 
@@ -40,6 +41,9 @@ class Stage {
   virtual Clock::time_point next_deadline() const { return Clock::time_point::max(); }
   // Relative CPU cost per item, used by automatic placement to balance stages over threads.
   virtual unsigned cost_hint() const { return 1; }
+  // Adds the stage's counters to a stats snapshot. Called from the stats thread: read counters
+  // with relaxed loads only (they are written by the stage's thread with relaxed stores).
+  virtual void Report(Snapshot& /*snapshot*/) const {}
 };
 
 // Outbox<T>: items a stage produced but could not push yet because the output ring was full.

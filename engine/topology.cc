@@ -167,6 +167,29 @@ void Topology::Wait() {
   }
 }
 
+void Topology::Report(Snapshot& snapshot) const {
+  for (std::size_t t = 0; t < threads_.size(); ++t) {
+    const ThreadCounters& c = *threads_[t]->counters;
+    std::string stages;
+    for (const auto& name : plan_[t].stages) stages += (stages.empty() ? "" : ",") + name;
+    Labels labels{{"thread", std::to_string(t)}, {"stages", stages}, {"cpu", std::to_string(plan_[t].cpu)}};
+    snapshot.Counter("thread_items", static_cast<double>(c.items.load(std::memory_order_relaxed)), labels,
+                     "items handled by the thread's stages");
+    snapshot.Counter("thread_busy_rounds", static_cast<double>(c.busy_rounds.load(std::memory_order_relaxed)), labels,
+                     "passes over the thread's stages that did work");
+    snapshot.Counter("thread_idle_rounds", static_cast<double>(c.idle_rounds.load(std::memory_order_relaxed)), labels,
+                     "passes over the thread's stages that found nothing to do");
+    snapshot.Counter("thread_parks", static_cast<double>(c.parks.load(std::memory_order_relaxed)), labels,
+                     "times the thread slept on its futex");
+  }
+  for (const auto& channel : channels_) {
+    Labels labels{{"ring", channel->name()}};
+    snapshot.Gauge("ring_capacity", static_cast<double>(channel->capacity()), labels);
+    snapshot.Gauge("ring_fill", static_cast<double>(channel->size_approx()), labels, "items waiting in the ring");
+  }
+  for (const auto& slot : stages_) slot->stage->Report(snapshot);
+}
+
 void Topology::RunThread(ThreadState& state) {
   std::vector<StageSlot*> running = state.stages;
   ThreadCounters& counters = *state.counters;

@@ -92,6 +92,10 @@ class Topology {
   // Blocks until every stage has finished and every thread has exited.
   void Wait();
 
+  // Threads (items, busy and idle rounds, parks, CPU), rings (capacity, fill) and every stage's
+  // own counters. Any thread, while running.
+  void Report(Snapshot& snapshot) const;
+
   const std::vector<ThreadPlan>& plan() const { return plan_; }
   const std::vector<std::unique_ptr<ChannelBase>>& channels() const { return channels_; }
   const ThreadCounters& thread_counters(std::size_t thread) const { return *threads_[thread]->counters; }

@@ -201,7 +201,7 @@ void AppendRecordJson(const Message& msg, std::string& out) {
   AppendOptionalString("in_reply_to", r.in_reply_to, out);
   AppendStringList("references", r.references, out);
   fmt::format_to(std::back_inserter(out), ",\"size\":{},\"has_attachments\":{},\"attachments\":[", msg.raw.size(),
-                 r.attachments.empty() ? "false" : "true");
+                 r.has_attachments || !r.attachments.empty() ? "true" : "false");
   for (std::size_t i = 0; i < r.attachments.size(); ++i) {
     const Attachment& a = r.attachments[i];
     if (i > 0) out += ',';
@@ -209,9 +209,14 @@ void AppendRecordJson(const Message& msg, std::string& out) {
     AppendJsonString(a.filename, out);
     out += ",\"content_type\":";
     AppendJsonString(a.content_type, out);
-    fmt::format_to(std::back_inserter(out), ",\"size\":{},\"sha256\":\"", a.size);
-    AppendHexBytes(a.sha256.data(), a.sha256.size(), out);
-    out += "\"}";
+    fmt::format_to(std::back_inserter(out), ",\"size\":{},\"sha256\":", a.size);
+    if (a.has_sha256) {
+      out += '"';
+      AppendHexBytes(a.sha256.data(), a.sha256.size(), out);
+      out += "\"}";
+    } else {
+      out += "null}";  // Graph metadata without contentBytes: the bytes were never seen
+    }
   }
   out += "],\"body_preview\":";
   AppendJsonString(r.body_preview, out);

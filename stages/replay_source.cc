@@ -9,8 +9,12 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <unordered_map>
 
 #include <fmt/core.h>
+
+#include "storage/wal_format.h"
+#include "storage/wal_reader.h"
 
 namespace mailrail::stages {
 namespace {
@@ -198,7 +202,10 @@ void ReplaySource::LoadCheckpoint() {
 
 base::Status ReplaySource::WriteCheckpoint() {
   AdvanceCheckpoint();
-  if (options_.checkpoint_path.empty()) return base::OkStatus();
+  if (options_.checkpoint_path.empty()) {
+    checkpointed_lsn_.store(advanced_lsn_, std::memory_order_release);  // nothing to resume: no floor
+    return base::OkStatus();
+  }
   std::string text = "# mailrail replay checkpoint: <resume offset | done> TAB <path>\n";
   for (std::size_t i = 0; i < options_.inputs.size(); ++i) {
     if (checkpoint_done_[i]) {
@@ -224,6 +231,7 @@ base::Status ReplaySource::WriteCheckpoint() {
     ::close(dir_fd);
   }
   checkpoint_dirty_ = false;
+  checkpointed_lsn_.store(advanced_lsn_, std::memory_order_release);
   return base::OkStatus();
 }
 
@@ -231,10 +239,34 @@ void ReplaySource::OnDurable(std::span<const DurableAck> acks) {
   if (acks.empty()) return;
   counters_.durable.store(counters_.durable.load(std::memory_order_relaxed) + acks.size(), std::memory_order_relaxed);
   acked_token_.store(acks.back().token, std::memory_order_release);
+  acked_lsn_.store(acks.back().lsn, std::memory_order_release);
+}
+
+base::Status ReplaySource::AdoptWalPositions(const std::string& wal_dir, std::uint64_t end_lsn) {
+  auto reader = storage::WalReader::Open(wal_dir, {.after_lsn = 0, .end_lsn = end_lsn});
+  if (!reader) return reader.error();
+  std::unordered_map<std::string_view, std::size_t> by_path;
+  for (std::size_t i = 0; i < options_.inputs.size(); ++i) by_path.emplace(options_.inputs[i].path, i);
+  storage::RecordView view;
+  while (reader->Next(&view)) {
+    storage::WalMessage m;
+    if (!storage::DecodeMessagePayload(view.payload, &m)) continue;
+    if (m.source_kind != static_cast<std::uint8_t>(SourceKind::kReplay)) continue;
+    auto it = by_path.find(m.source_id);
+    if (it == by_path.end() || done_files_[it->second]) continue;
+    std::uint64_t position = 0;
+    std::from_chars(m.position.data(), m.position.data() + m.position.size(), position);
+    resume_offsets_[it->second] = std::max(resume_offsets_[it->second], position + 1);
+    checkpoint_offsets_[it->second] = resume_offsets_[it->second];
+    checkpoint_dirty_ = true;
+  }
+  return base::OkStatus();
 }
 
 void ReplaySource::AdvanceCheckpoint() {
+  const std::uint64_t lsn = acked_lsn_.load(std::memory_order_acquire);  // before the token: never ahead of it
   const std::uint64_t acked = acked_token_.load(std::memory_order_acquire);
+  advanced_lsn_ = std::max(advanced_lsn_, lsn);
   while (!in_flight_.empty() && in_flight_.front().token <= acked) {
     const InFlight& f = in_flight_.front();
     if (f.last_of_file) {
@@ -403,6 +435,19 @@ std::size_t ReplaySource::RunOnce() {
     deadline_ = engine::Clock::now() + std::chrono::microseconds(50);
   }
   return emitted + work;
+}
+
+void ReplaySource::Report(engine::Snapshot& s) const {
+  const engine::Labels labels{{"stage", "ingest"}, {"source", "replay"}};
+  auto v = [](const std::atomic<std::uint64_t>& c) { return static_cast<double>(c.load(std::memory_order_relaxed)); };
+  s.Counter("stage_messages_out", v(counters_.messages), labels, "messages the stage pushed downstream");
+  s.Counter("replay_bytes", v(counters_.bytes), {}, "bytes of messages replayed");
+  s.Counter("replay_files", v(counters_.files), {}, "files opened by the replay");
+  s.Counter("replay_durable", v(counters_.durable), {}, "replayed messages the WAL reported durable");
+  s.Counter("ingest_rejected", v(counters_.unreadable_files), {{"reason", "unreadable_file"}},
+            "inputs not ingested, by reason");
+  s.Counter("ingest_rejected", v(counters_.rejected_too_large), {{"reason", "too_large"}});
+  s.Counter("ingest_rejected", v(counters_.skipped_before_checkpoint), {{"reason", "already_durable"}});
 }
 
 bool ReplaySource::IsFinished() const {

@@ -80,10 +80,19 @@ class ReplaySource final : public engine::Stage, public DurableAckSink {
   engine::Clock::time_point next_deadline() const override { return deadline_; }
 
   void OnDurable(std::span<const DurableAck> acks) override;
+  void Report(engine::Snapshot& snapshot) const override;
 
   // Writes the checkpoint now (crash-atomic). Called periodically by RunOnce and by the owner
   // after the pipeline drained.
   base::Status WriteCheckpoint();
+
+  // Before Start: raises the resume offsets to what the WAL already holds for these inputs (records
+  // with lsn < end_lsn). Messages made durable after the last checkpoint write are then not sent
+  // again under a new LSN after a crash.
+  base::Status AdoptWalPositions(const std::string& wal_dir, std::uint64_t end_lsn);
+  // Highest LSN whose source position the written checkpoint file covers. Any thread. WAL segments
+  // above it must be kept: AdoptWalPositions needs them after a crash.
+  std::uint64_t checkpointed_lsn() const { return checkpointed_lsn_.load(std::memory_order_acquire); }
 
   const ReplayCounters& counters() const { return counters_; }
 
@@ -121,6 +130,9 @@ class ReplaySource final : public engine::Stage, public DurableAckSink {
   std::uint64_t next_token_ = 1;
   std::deque<InFlight> in_flight_;
   std::atomic<std::uint64_t> acked_token_{0};
+  std::atomic<std::uint64_t> acked_lsn_{0};         // stored after acked_token_ (release)
+  std::uint64_t advanced_lsn_ = 0;                  // source thread: LSN the offsets cover
+  std::atomic<std::uint64_t> checkpointed_lsn_{0};
   std::vector<std::uint64_t> checkpoint_offsets_;  // per input: durable resume offset
   std::vector<bool> checkpoint_done_;
   bool checkpoint_dirty_ = false;

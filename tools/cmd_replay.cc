@@ -7,9 +7,8 @@
 
 #include <fmt/core.h>
 
-#include "engine/topology.h"
-#include "stages/jsonl_sink.h"
 #include "stages/replay_source.h"
+#include "tools/pipeline.h"
 
 namespace mailrail::tools {
 namespace {
@@ -23,6 +22,7 @@ struct ReplayFlags {
   std::string data_dir = "mailrail-data";
   std::string placement = "auto";
   bool fresh = false;
+  std::string wal_sync = "data";
   std::size_t in_flight_mib = 256;
 };
 
@@ -53,56 +53,69 @@ int RunReplay(const ReplayFlags& flags) {
     fmt::print(stderr, "mailrail replay: {}\n", inputs.error().message);
     return 2;
   }
-  std::error_code ec;
-  std::filesystem::create_directories(flags.data_dir, ec);
-  if (ec) {
-    fmt::print(stderr, "mailrail replay: cannot create data directory {}: {}\n", flags.data_dir, ec.message());
-    return 2;
+  PipelineSettings settings;
+  settings.data_dir = flags.data_dir;
+  settings.topology.placement = *placement;
+  settings.in_flight_bytes = flags.in_flight_mib << 20;
+  settings.jsonl_path = flags.sink.substr(6);
+  if (flags.wal_sync == "none") {
+    settings.wal.sync = storage::WalConfig::Sync::kNone;
+    fmt::print(stderr, "mailrail replay: WARNING: --wal-sync none: the WAL does not fdatasync; a crash loses data. "
+                       "For benchmarks only.\n");
   }
-
-  stages::MessagePool pool(64 * 1024, flags.in_flight_mib << 20);
-  engine::TopologyConfig config;
-  config.placement = *placement;
-  engine::Topology topology(config);
-  auto* ingest_out = topology.MakeChannel<stages::Message*>("ingest->forward", 4096);
+  auto pipeline = Pipeline::Open(settings);
+  if (!pipeline) {
+    fmt::print(stderr, "mailrail replay: {}\n", pipeline.error().message);
+    return 1;
+  }
+  Pipeline& p = **pipeline;
 
   stages::ReplayOptions options;
   options.inputs = std::move(inputs).value();
   options.rate = flags.rate;
   options.pace = flags.pace;
+  options.max_message_bytes = p.max_message_bytes();
   options.checkpoint_path = flags.fresh ? "" : (std::filesystem::path(flags.data_dir) / "replay.checkpoint").string();
-  auto source = stages::ReplaySource::Create(std::move(options), &pool, ingest_out);
+  auto source = stages::ReplaySource::Create(std::move(options), &p.pool(), p.ingest());
   if (!source) {
     fmt::print(stderr, "mailrail replay: {}\n", source.error().message);
     return 1;
   }
-  auto sink = stages::JsonlSink::Create(flags.sink.substr(6), ingest_out, &pool);
-  if (!sink) {
-    fmt::print(stderr, "mailrail replay: {}\n", sink.error().message);
-    return 1;
-  }
   stages::ReplaySource* source_ptr = source->get();
-  stages::JsonlSink* sink_ptr = sink->get();
-  topology.AddStage(std::move(source).value(), {}, {ingest_out});
-  topology.AddStage(std::move(sink).value(), {ingest_out}, {});
+  if (!flags.fresh) {
+    if (auto status = source_ptr->AdoptWalPositions(p.wal().config().dir, p.wal_open_report().next_lsn); !status) {
+      fmt::print(stderr, "mailrail replay: {}\n", status.error().message);
+      return 1;
+    }
+    p.set_retention_floor([source_ptr] { return source_ptr->checkpointed_lsn(); });
+  }
+  p.AddSource(std::move(source).value());
 
   const auto started = std::chrono::steady_clock::now();
-  if (auto status = topology.Start(); !status) {
+  if (auto status = p.Start(); !status) {
     fmt::print(stderr, "mailrail replay: {}\n", status.error().message);
     return 1;
   }
-  topology.Wait();
+  p.Wait();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (auto status = source_ptr->WriteCheckpoint(); !status) {
     fmt::print(stderr, "mailrail replay: {}\n", status.error().message);
   }
 
   const auto& in = source_ptr->counters();
-  const auto& out = sink_ptr->counters();
+  const auto& out = p.sink().counters();
   const double messages = static_cast<double>(in.messages.load());
   const double mb = static_cast<double>(in.bytes.load()) / 1e6;
   fmt::print("replayed {} files: {} messages, {:.1f} MB in {:.3f} s ({:.0f} messages/s, {:.1f} MB/s)\n",
              in.files.load(), in.messages.load(), mb, seconds, messages / seconds, mb / seconds);
+  const stages::ParseCounters parsed = p.parse().counters();
+  if (p.recovery().recovered() > 0) {
+    fmt::print("recovered from the WAL: {} messages accepted before a restart and not yet forwarded\n",
+               p.recovery().recovered());
+  }
+  std::uint64_t defects = 0;
+  for (auto n : parsed.defects) defects += n;
+  fmt::print("parse: {} messages with defects ({} defects in all)\n", parsed.messages_with_defects, defects);
   fmt::print("outcomes: forwarded {}, duplicates {}, dropped by rule {}, quarantined by rule {}, "
              "quarantined unparseable {}\n",
              out.forwarded.load(), out.duplicates.load(), out.dropped_by_rule.load(), out.quarantined_by_rule.load(),
@@ -130,6 +143,9 @@ void AddReplayCommand(CLI::App& app) {
   cmd->add_option("--placement", flags->placement, "Stage placement: auto, one-thread, thread-per-stage")
       ->capture_default_str();
   cmd->add_option("--in-flight-mib", flags->in_flight_mib, "Memory budget for messages in flight (MiB)")
+      ->capture_default_str();
+  cmd->add_option("--wal-sync", flags->wal_sync, "data (fdatasync every commit group) or none (benchmarks only)")
+      ->check(CLI::IsMember({"data", "none"}))
       ->capture_default_str();
   cmd->add_flag("--fresh", flags->fresh, "Ignore and do not write the replay checkpoint");
   cmd->callback([flags] { throw CLI::RuntimeError(RunReplay(*flags)); });

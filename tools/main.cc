@@ -5,6 +5,7 @@
 
 #include "tools/cmd_dlq.h"
 #include "tools/cmd_replay.h"
+#include "tools/cmd_stats.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mailrail: crash-safe email ingestion engine"};
@@ -14,6 +15,7 @@ int main(int argc, char** argv) {
   });
   mailrail::tools::AddReplayCommand(app);
   mailrail::tools::AddDlqCommands(app);
+  mailrail::tools::AddStatsCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

@@ -40,6 +40,7 @@ TEST(RecordJsonTest, WritesTheBriefsSchemaAsValidJson) {
   a.content_type = "application/pdf";
   a.size = 40211;
   a.sha256[0] = 0x9b;
+  a.has_sha256 = true;
   r.attachments.push_back(a);
   r.body_preview = "Sehr geehrte Damen und Herren";
   r.labels.push_back("invoice");

@@ -1,0 +1,280 @@
+#include "tools/config.h"
+
+#include <toml++/toml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include <fmt/core.h>
+
+namespace mailrail::tools {
+namespace {
+
+const char kEmbeddedDefault[] = R"(# mailrail embedded default: no servers needed.
+data_dir = "mailrail-data"
+
+[topology]
+placement = "auto"
+
+[limits]
+in_flight_mib = 256
+
+[stats]
+# socket defaults to <data_dir>/mailrail.sock
+
+[sink]
+kind = "jsonl"
+# path defaults to <data_dir>/records.jsonl
+)";
+
+// Reads one TOML table, remembering which keys were consumed so that the rest can be reported as
+// unknown. Errors carry file, line and the dotted key.
+class TableReader {
+ public:
+  TableReader(const toml::table& table, const std::string& file, std::string prefix, std::vector<std::string>& errors)
+      : table_(table), file_(file), prefix_(std::move(prefix)), errors_(errors) {}
+
+  template <typename T>
+  void Get(std::string_view key, T& out) {
+    known_.insert(std::string(key));
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return;
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (auto v = node->value<std::string>()) {
+        out = *v;
+        return;
+      }
+      Fail(*node, key, "must be a string");
+    } else if constexpr (std::is_same_v<T, bool>) {
+      if (auto v = node->value<bool>()) {
+        out = *v;
+        return;
+      }
+      Fail(*node, key, "must be true or false");
+    } else if constexpr (std::is_integral_v<T>) {
+      if (auto v = node->value<std::int64_t>(); v && *v >= 0) {
+        out = static_cast<T>(*v);
+        return;
+      }
+      Fail(*node, key, "must be a non-negative integer");
+    }
+  }
+
+  // A string that must be one of `choices`.
+  void GetChoice(std::string_view key, std::string& out, std::initializer_list<std::string_view> choices) {
+    const std::string before = out;
+    Get(key, out);
+    for (auto c : choices) {
+      if (out == c) return;
+    }
+    std::string list;
+    for (auto c : choices) list += (list.empty() ? "" : ", ") + std::string(c);
+    Fail(*table_.get(key), key, "must be one of " + list + " (got \"" + out + "\")");
+    out = before;
+  }
+
+  void GetRange(std::string_view key, std::size_t& out, std::size_t min, std::size_t max) {
+    Get(key, out);
+    if (const toml::node* node = table_.get(key); node != nullptr && (out < min || out > max)) {
+      Fail(*node, key, fmt::format("must be between {} and {}", min, max));
+    }
+  }
+
+  void MarkKnown(std::string_view key) { known_.insert(std::string(key)); }
+
+  const toml::table* Subtable(std::string_view key) {
+    known_.insert(std::string(key));
+    const toml::node* node = table_.get(key);
+    if (node == nullptr) return nullptr;
+    if (!node->is_table()) {
+      Fail(*node, key, "must be a table");
+      return nullptr;
+    }
+    return node->as_table();
+  }
+
+  void Fail(const toml::node& node, std::string_view key, const std::string& message) {
+    errors_.push_back(fmt::format("{}:{}: {}{}: {}", file_, node.source().begin.line, prefix_, key, message));
+  }
+
+  // Reports every key that no Get/Subtable asked for.
+  void RejectUnknown() {
+    for (const auto& [key, node] : table_) {
+      if (!known_.contains(std::string(key.str()))) {
+        errors_.push_back(fmt::format("{}:{}: {}{}: unknown key", file_, node.source().begin.line, prefix_, key.str()));
+      }
+    }
+  }
+
+  const std::string& file() const { return file_; }
+  std::vector<std::string>& errors() { return errors_; }
+
+ private:
+  const toml::table& table_;
+  const std::string& file_;
+  std::string prefix_;
+  std::vector<std::string>& errors_;
+  std::set<std::string> known_;
+};
+
+void ReadTopology(TableReader& top, DaemonConfig& config) {
+  const toml::table* table = top.Subtable("topology");
+  if (table == nullptr) return;
+  TableReader r(*table, top.file(), "topology.", top.errors());
+  std::string placement = "auto";
+  r.GetChoice("placement", placement, {"auto", "one-thread", "thread-per-stage", "explicit"});
+  using P = engine::TopologyConfig::Placement;
+  config.topology.placement = placement == "one-thread"         ? P::kOneThread
+                              : placement == "thread-per-stage" ? P::kThreadPerStage
+                              : placement == "explicit"         ? P::kExplicit
+                                                                : P::kAuto;
+  if (const toml::node* threads = table->get("threads")) {
+    const toml::array* outer = threads->as_array();
+    bool ok = outer != nullptr;
+    if (ok) {
+      for (const toml::node& inner : *outer) {
+        const toml::array* names = inner.as_array();
+        if (names == nullptr) {
+          ok = false;
+          break;
+        }
+        config.topology.threads.emplace_back();
+        for (const toml::node& name : *names) {
+          auto s = name.value<std::string>();
+          if (!s) {
+            ok = false;
+            break;
+          }
+          config.topology.threads.back().push_back(*s);
+        }
+      }
+    }
+    if (!ok) r.Fail(*threads, "threads", "must be an array of arrays of stage names");
+  }
+  r.MarkKnown("threads");
+  if (config.topology.placement == P::kExplicit && config.topology.threads.empty()) {
+    r.Fail(*table->get("placement"), "placement", "\"explicit\" needs topology.threads");
+  }
+  if (const toml::node* cpus = table->get("cpus")) {
+    const toml::array* list = cpus->as_array();
+    bool ok = list != nullptr;
+    if (ok) {
+      for (const toml::node& cpu : *list) {
+        auto v = cpu.value<std::int64_t>();
+        if (!v || *v < 0) {
+          ok = false;
+          break;
+        }
+        config.topology.cpus.push_back(static_cast<int>(*v));
+      }
+    }
+    if (!ok) r.Fail(*cpus, "cpus", "must be an array of CPU numbers");
+  }
+  r.MarkKnown("cpus");
+  std::size_t spin = config.topology.wait.spin_rounds;
+  std::size_t park_ms = static_cast<std::size_t>(config.topology.wait.max_park.count());
+  r.GetRange("spin_rounds", spin, 0, 10'000'000);
+  r.GetRange("max_park_ms", park_ms, 1, 10'000);
+  config.topology.wait.spin_rounds = static_cast<std::uint32_t>(spin);
+  config.topology.wait.max_park = std::chrono::milliseconds(park_ms);
+  r.RejectUnknown();
+}
+
+}  // namespace
+
+const char* EmbeddedDefaultConfig() { return kEmbeddedDefault; }
+
+base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string& file) {
+  toml::table root;
+  try {
+    root = toml::parse(text, file);
+  } catch (const toml::parse_error& e) {
+    return base::MakeError("config.syntax", fmt::format("{}:{}: {}", file, e.source().begin.line, e.description()));
+  }
+  DaemonConfig config;
+  config.file = file;
+  std::vector<std::string> errors;
+  TableReader top(root, file, "", errors);
+  top.Get("data_dir", config.data_dir);
+  ReadTopology(top, config);
+
+  if (const toml::table* t = top.Subtable("limits")) {
+    TableReader r(*t, file, "limits.", errors);
+    std::size_t mib = config.limits.in_flight_bytes >> 20;
+    r.GetRange("in_flight_mib", mib, 1, 1 << 20);
+    config.limits.in_flight_bytes = mib << 20;
+    r.GetRange("in_flight_messages", config.limits.in_flight_messages, 16, 1u << 24);
+    std::size_t max_mib = config.limits.max_message_bytes >> 20;
+    r.GetRange("max_message_mib", max_mib, 1, 4096);
+    config.limits.max_message_bytes = max_mib << 20;
+    r.GetRange("ring_capacity", config.limits.ring_capacity, 16, 1u << 22);
+    if ((config.limits.ring_capacity & (config.limits.ring_capacity - 1)) != 0) {
+      r.Fail(*t->get("ring_capacity"), "ring_capacity", "must be a power of two");
+    }
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("stats")) {
+    TableReader r(*t, file, "stats.", errors);
+    r.Get("socket", config.stats.socket);
+    std::string mode;
+    r.Get("mode", mode);
+    if (!mode.empty()) {
+      char* end = nullptr;
+      const unsigned long value = std::strtoul(mode.c_str(), &end, 8);
+      if (*end != '\0' || value > 0777) {
+        r.Fail(*t->get("mode"), "mode", "must be an octal file mode such as \"0660\"");
+      } else {
+        config.stats.mode = static_cast<mode_t>(value);
+      }
+    }
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("sink")) {
+    TableReader r(*t, file, "sink.", errors);
+    r.GetChoice("kind", config.sink.kind, {"jsonl", "http"});
+    r.Get("path", config.sink.path);
+    r.Get("url", config.sink.url);
+    if (config.sink.kind == "http" && config.sink.url.empty()) {
+      r.Fail(*t->get("kind"), "url", "is required when sink.kind = \"http\"");
+    }
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("log")) {
+    TableReader r(*t, file, "log.", errors);
+    r.GetChoice("format", config.log.format, {"kv", "json"});
+    r.GetChoice("level", config.log.level, {"debug", "info", "warn", "error"});
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("shutdown")) {
+    TableReader r(*t, file, "shutdown.", errors);
+    std::size_t ms = static_cast<std::size_t>(config.drain_deadline.count());
+    r.GetRange("drain_deadline_ms", ms, 1, 3'600'000);
+    config.drain_deadline = std::chrono::milliseconds(ms);
+    r.RejectUnknown();
+  }
+  top.RejectUnknown();
+
+  if (!errors.empty()) {
+    std::string message;
+    for (const auto& e : errors) message += (message.empty() ? "" : "\n") + e;
+    return base::MakeError("config.invalid", message);
+  }
+  const std::filesystem::path data(config.data_dir);
+  if (config.stats.socket.empty()) config.stats.socket = (data / "mailrail.sock").string();
+  if (config.sink.path.empty()) config.sink.path = (data / "records.jsonl").string();
+  return config;
+}
+
+base::Result<DaemonConfig> LoadConfig(const std::string& path) {
+  if (path.empty()) return ParseConfig(kEmbeddedDefault, "<embedded default>");
+  std::ifstream in(path);
+  if (!in) return base::MakeError("config.open", "cannot read config file " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseConfig(text.str(), path);
+}
+
+}  // namespace mailrail::tools

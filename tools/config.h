@@ -1,0 +1,59 @@
+#pragma once
+// DaemonConfig: the one TOML file of `mailrail run`, parsed once at start-up into typed structs.
+// Every key is documented in docs/operations.md with its default. An unknown key, a value of the
+// wrong type or out of range is an error naming the file, the line and the key; the daemon then
+// refuses to start (before it accepts any traffic). Without --config the embedded default is used
+// (EmbeddedDefaultConfig(): no servers needed).
+// Threading: parsed on the main thread before anything starts; read-only afterwards.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/base/result.h"
+#include "engine/topology.h"
+
+namespace mailrail::tools {
+
+struct DaemonConfig {
+  std::string file = "<embedded default>";
+  std::string data_dir = "mailrail-data";
+
+  engine::TopologyConfig topology;
+
+  struct Limits {
+    std::size_t in_flight_bytes = 256u << 20;
+    std::size_t in_flight_messages = 65536;
+    std::size_t max_message_bytes = 64u << 20;
+    std::size_t ring_capacity = 4096;
+  } limits;
+
+  struct Stats {
+    std::string socket;  // default: <data_dir>/mailrail.sock
+    mode_t mode = 0660;
+  } stats;
+
+  struct Sink {
+    std::string kind = "jsonl";  // jsonl | http
+    std::string path;            // jsonl; default: <data_dir>/records.jsonl
+    std::string url;             // http: base URL of the downstream
+  } sink;
+
+  struct Log {
+    std::string format = "kv";  // kv | json
+    std::string level = "info"; // debug | info | warn | error
+  } log;
+
+  std::chrono::milliseconds drain_deadline{30000};
+};
+
+// Loads `path`, or the embedded default when `path` is empty.
+base::Result<DaemonConfig> LoadConfig(const std::string& path);
+// Parses TOML text as if read from `file` (for tests and the embedded default).
+base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string& file);
+const char* EmbeddedDefaultConfig();
+
+}  // namespace mailrail::tools

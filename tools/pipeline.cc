@@ -1,0 +1,90 @@
+#include "tools/pipeline.h"
+
+#include <filesystem>
+
+#include <fmt/core.h>
+
+#include "storage/checkpoint.h"
+
+namespace mailrail::tools {
+
+Pipeline::Pipeline(const PipelineSettings& settings) : settings_(settings), topology_(settings.topology) {}
+
+Pipeline::~Pipeline() = default;
+
+base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& settings) {
+  std::unique_ptr<Pipeline> p(new Pipeline(settings));
+  PipelineSettings& s = p->settings_;
+  std::error_code ec;
+  std::filesystem::create_directories(s.data_dir, ec);
+  if (ec) return base::MakeError("data_dir", "cannot create data directory " + s.data_dir + ": " + ec.message());
+  s.wal.dir = (std::filesystem::path(s.data_dir) / "wal").string();
+  if (s.jsonl_path.empty()) s.jsonl_path = (std::filesystem::path(s.data_dir) / "records.jsonl").string();
+
+  auto writer = storage::WalWriter::Open(s.wal);
+  if (!writer) return writer.error();
+  p->writer_ = std::move(writer).value();
+  const storage::WalOpenReport& report = p->writer_->open_report();
+  if (report.tail_bytes_cut > 0) {
+    fmt::print(stderr,
+               "mailrail: wal: cut a torn tail of {} bytes ({} records) from {}; those records were never "
+               "acknowledged\n",
+               report.tail_bytes_cut, report.tail_records_cut, report.tail_segment);
+  }
+  for (const auto& segment : report.set_aside) {
+    fmt::print(stderr, "mailrail: wal: segment with a damaged header set aside as {}\n", segment);
+  }
+
+  p->pool_ = std::make_unique<stages::MessagePool>(s.in_flight_messages, s.in_flight_bytes);
+  engine::Topology& t = p->topology_;
+  p->ingest_ = t.MakeChannel<stages::Message*>("ingest->wal", s.ring_capacity);
+  p->recovered_ = t.MakeChannel<stages::Message*>("recovery->wal", s.ring_capacity);
+  p->durable_ = t.MakeChannel<stages::Message*>("wal->parse", s.ring_capacity);
+  p->parsed_ = t.MakeChannel<stages::Message*>("parse->forward", s.ring_capacity);
+
+  auto recovery = stages::WalRecoverySource::Open(s.wal.dir, report.checkpoint_lsn, report.next_lsn, p->pool_.get(),
+                                                  p->recovered_);
+  if (!recovery) return recovery.error();
+  Pipeline* self = p.get();
+  auto sink = stages::JsonlSink::Create(s.jsonl_path, p->parsed_, p->pool_.get(), [self](std::uint64_t lsn) {
+    // The sink's output is durable through `lsn`: record it, then let the WAL retire segments
+    // that no source still needs to find its resume position in.
+    if (auto status = storage::WriteCheckpoint(self->settings_.wal.dir, lsn); !status) {
+      fmt::print(stderr, "mailrail: forward checkpoint: {}\n", status.error().message);
+      return;
+    }
+    const std::uint64_t floor = self->retention_floor_ ? self->retention_floor_() : lsn;
+    self->writer_->set_forwarded_lsn(std::min(lsn, floor));
+  });
+  if (!sink) return sink.error();
+
+  p->recovery_ = static_cast<stages::WalRecoverySource*>(t.AddStage(std::move(recovery).value(), {}, {p->recovered_}));
+  p->pending_sink_ = std::move(sink).value();
+  p->sink_ = p->pending_sink_.get();
+  return p;
+}
+
+std::size_t Pipeline::max_message_bytes() const { return static_cast<std::size_t>(writer_->max_message_bytes()); }
+
+void Pipeline::AddSource(std::unique_ptr<engine::Stage> source) {
+  MR_CHECK(!has_source_) << "Pipeline takes one source";
+  has_source_ = true;
+  topology_.AddStage(std::move(source), {}, {ingest_});
+}
+
+base::Status Pipeline::Start() {
+  MR_CHECK(has_source_) << "Pipeline::Start without a source";
+  engine::Topology& t = topology_;
+  t.AddStage(std::make_unique<stages::WalStage>(writer_.get(), recovered_, ingest_, durable_), {recovered_, ingest_},
+             {durable_});
+  parse_ = static_cast<stages::ParseStage*>(
+      t.AddStage(std::make_unique<stages::ParseStage>(durable_, parsed_), {durable_}, {parsed_}));
+  t.AddStage(std::move(pending_sink_), {parsed_}, {});
+  return t.Start();
+}
+
+void Pipeline::Wait() { topology_.Wait(); }
+
+void Pipeline::Report(engine::Snapshot& snapshot) const { topology_.Report(snapshot); }
+
+}  // namespace mailrail::tools

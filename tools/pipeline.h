@@ -1,0 +1,88 @@
+#pragma once
+// Pipeline: what every mailrail process runs between its source and its terminal stage,
+//
+//   source ─► wal ─► parse ─► terminal (JSONL file)
+//   WAL recovery ─┘            └─ forward checkpoint: "forwarded through LSN N"
+//
+// wired into one engine::Topology. Open() opens the WAL in <data_dir>/wal (cutting a torn tail),
+// reads the forward checkpoint, and prepares a WalRecoverySource that re-feeds every record after
+// the checkpoint before new input is taken: a restarted process resumes exactly where the last
+// one stopped. The terminal stage fdatasyncs its output periodically and then durably advances the
+// forward checkpoint, which lets the WAL delete forwarded segments.
+//
+// Threading: build and Start from one thread; RequestStop from any; Report from any while running.
+// Ownership: owns the WAL writer, the message pool, the topology and through it every stage.
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "engine/base/result.h"
+#include "engine/stats.h"
+#include "engine/topology.h"
+#include "stages/jsonl_sink.h"
+#include "stages/message.h"
+#include "stages/parse_stage.h"
+#include "stages/wal_recovery_source.h"
+#include "stages/wal_stage.h"
+#include "storage/wal_writer.h"
+
+namespace mailrail::tools {
+
+struct PipelineSettings {
+  std::string data_dir = "mailrail-data";
+  engine::TopologyConfig topology;
+  storage::WalConfig wal;  // wal.dir is replaced by <data_dir>/wal when empty
+  std::size_t ring_capacity = 4096;
+  std::size_t in_flight_messages = 65536;
+  std::size_t in_flight_bytes = 256u << 20;
+  std::string jsonl_path;  // terminal stage output
+};
+
+class Pipeline {
+ public:
+  static base::Result<std::unique_ptr<Pipeline>> Open(const PipelineSettings& settings);
+  ~Pipeline();
+
+  // The channel the (single) source pushes into, and the pool it takes messages from.
+  engine::Channel<stages::Message*>* ingest() const { return ingest_; }
+  stages::MessagePool& pool() { return *pool_; }
+  // Largest message the WAL accepts; sources reject larger ones (counted) before ingest.
+  std::size_t max_message_bytes() const;
+
+  // Adds the source stage; call once, before Start.
+  void AddSource(std::unique_ptr<engine::Stage> source);
+  // WAL segments above the returned LSN are kept even once forwarded (the source still needs them
+  // to find its resume position after a crash). Called on the terminal stage's thread; set before Start.
+  void set_retention_floor(std::function<std::uint64_t()> floor) { retention_floor_ = std::move(floor); }
+  base::Status Start();
+  void RequestStop() { topology_.RequestStop(); }
+  void Wait();
+
+  void Report(engine::Snapshot& snapshot) const;
+  const storage::WalOpenReport& wal_open_report() const { return writer_->open_report(); }
+  const stages::WalRecoverySource& recovery() const { return *recovery_; }
+  const stages::JsonlSink& sink() const { return *sink_; }
+  const stages::ParseStage& parse() const { return *parse_; }
+  const storage::WalWriter& wal() const { return *writer_; }
+
+ private:
+  explicit Pipeline(const PipelineSettings& settings);
+
+  PipelineSettings settings_;
+  std::unique_ptr<stages::MessagePool> pool_;
+  std::unique_ptr<storage::WalWriter> writer_;
+  engine::Topology topology_;
+  engine::Channel<stages::Message*>* ingest_ = nullptr;
+  engine::Channel<stages::Message*>* recovered_ = nullptr;
+  engine::Channel<stages::Message*>* durable_ = nullptr;
+  engine::Channel<stages::Message*>* parsed_ = nullptr;
+  stages::WalRecoverySource* recovery_ = nullptr;
+  stages::ParseStage* parse_ = nullptr;
+  std::unique_ptr<stages::JsonlSink> pending_sink_;  // added to the topology by Start
+  stages::JsonlSink* sink_ = nullptr;
+  bool has_source_ = false;
+  std::function<std::uint64_t()> retention_floor_;
+};
+
+}  // namespace mailrail::tools
