@@ -2,6 +2,7 @@
 
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -59,10 +60,26 @@ base::Result<std::unique_ptr<EventLoop>> EventLoop::Create(const EventLoopConfig
 }
 
 base::Status EventLoop::Init() {
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE;
-  params.cq_entries = config_.ring_entries * 4;
-  int rc = io_uring_queue_init_params(config_.ring_entries, &ring_, &params);
+  // Cheapest completion delivery first: task work deferred to our own io_uring_enter
+  // (DEFER_TASKRUN, needs SINGLE_ISSUER; the ring starts disabled and the loop thread enables it,
+  // becoming the single issuer), then cooperative task work, then the default (signal-based).
+  const unsigned attempts[] = {
+      IORING_SETUP_CQSIZE | IORING_SETUP_R_DISABLED | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+      IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+      IORING_SETUP_CQSIZE,
+  };
+  int rc = -EINVAL;
+  for (const unsigned flags : attempts) {
+    if (!config_.use_fast_task_work && flags != IORING_SETUP_CQSIZE) continue;
+    io_uring_params params{};
+    params.flags = flags;
+    params.cq_entries = config_.ring_entries * 4;
+    rc = io_uring_queue_init_params(config_.ring_entries, &ring_, &params);
+    if (rc != -EINVAL) {
+      needs_enable_ = (flags & IORING_SETUP_R_DISABLED) != 0;
+      break;
+    }
+  }
   if (rc < 0) {
     return base::MakeError("io_uring_init", std::string("io_uring_queue_init: ") + std::strerror(-rc));
   }
@@ -180,8 +197,16 @@ void EventLoop::RunTasks() {
   running_tasks_.clear();
 }
 
+void EventLoop::AddBatchEndHook(std::function<void()> hook) { batch_end_hooks_.push_back(std::move(hook)); }
+
 void EventLoop::Run() {
   thread_id_.store(CurrentThreadId(), std::memory_order_relaxed);
+  if (needs_enable_) {
+    // liburing 2.3 declares io_uring_enable_rings but does not export it: register directly.
+    const long enabled = ::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+    MR_CHECK(enabled == 0) << "IORING_REGISTER_ENABLE_RINGS: " << std::strerror(errno);
+    needs_enable_ = false;
+  }
   constexpr unsigned kBatch = 256;
   io_uring_cqe* batch[kBatch];
   io_uring_cqe copies[kBatch];
@@ -201,6 +226,7 @@ void EventLoop::Run() {
         if (handler != nullptr) handler->OnCompletion(copies[i], static_cast<unsigned>(data & kMaxTag));
       }
     }
+    for (auto& hook : batch_end_hooks_) hook();
   }
   RunTasks();  // tasks posted before Stop still run (they may release resources)
   thread_id_.store(0, std::memory_order_relaxed);

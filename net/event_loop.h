@@ -4,6 +4,9 @@
 // (io_uring_submit_and_wait) and every iteration submits everything prepared since the last one
 // with a single syscall (batched submission).
 //
+// Setup: the ring prefers IORING_SETUP_DEFER_TASKRUN + SINGLE_ISSUER (completions are produced
+//   only when the loop thread enters the kernel, no inter-processor signals), then COOP_TASKRUN,
+//   then the default. With SINGLE_ISSUER only the loop thread may submit: other threads use Post().
 // Threading: Run() is called by exactly one thread, the loop thread; every other method except
 //   Post() and Stop() must be called on that thread (from inside a completion or a posted task).
 //   Post() and Stop() may be called from any thread.
@@ -57,6 +60,7 @@ struct EventLoopConfig {
   unsigned buffer_count = 1024;   // provided receive buffers, a power of two
   unsigned buffer_size = 16384;   // bytes per provided buffer
   bool use_buffer_ring = true;    // false forces the single-shot receive fallback (tests)
+  bool use_fast_task_work = true; // DEFER_TASKRUN / COOP_TASKRUN when the kernel has them
 };
 
 class EventLoop {
@@ -90,6 +94,9 @@ class EventLoop {
   void RecycleBuffer(const io_uring_cqe& cqe);
 
   void RunAfter(std::chrono::milliseconds delay, std::function<void()> fn);
+  // Runs `hook` after every batch of completions, before the loop submits and sleeps again: the
+  // place to flush work gathered from many completions in one go (e.g. one ring push per batch).
+  void AddBatchEndHook(std::function<void()> hook);
   // Time of the current iteration's wake-up (cheap; refreshed once per batch of completions).
   Clock::time_point now() const { return now_; }
   bool is_loop_thread() const;
@@ -107,6 +114,8 @@ class EventLoop {
   EventLoopConfig config_;
   io_uring ring_{};
   bool ring_ready_ = false;
+  bool needs_enable_ = false;  // created disabled (single issuer): Run() enables it
+  std::vector<std::function<void()>> batch_end_hooks_;
   int event_fd_ = -1;
   std::uint64_t event_value_ = 0;
   std::unique_ptr<TaskReader> task_reader_;

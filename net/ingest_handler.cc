@@ -25,6 +25,11 @@ IngestHandler::IngestHandler(EventLoop* loop, stages::MessagePool* pool,
     : loop_(loop), pool_(pool), channel_(channel), config_(std::move(config)) {}
 
 void IngestHandler::Install(HttpServer& server) {
+  // Messages of every request completed in one loop iteration enter the ring with one push (one
+  // index publish, at most one consumer wake-up).
+  loop_->AddBatchEndHook([this] {
+    if (!held_.empty()) PushHeld();
+  });
   server.Route("POST", "/ingest", [this](HttpRequest& request, Responder responder) {
     HandleIngest(request, responder);
   });
@@ -176,7 +181,7 @@ void IngestHandler::Enqueue(HttpRequest& request, Responder responder, stages::I
                             std::vector<Item>* items) {
   const std::size_t count = items == nullptr ? 1 : items->size();
   const std::size_t free_slots = channel_->capacity() - channel_->size_approx();
-  if (channel_->is_closed() || free_slots < count) {
+  if (channel_->is_closed() || free_slots < held_.size() + count) {
     stats_.backpressure_rejections.Add();
     responder.Send(HttpResponse::Unavailable(config_.retry_after_seconds, "ingest queue full\n"));
     return;
@@ -222,24 +227,20 @@ void IngestHandler::Enqueue(HttpRequest& request, Responder responder, stages::I
     m->received_at_ms = wall_ms;
     m->accepted_ns = steady_ns;
   }
-  PushOrHold();
+  held_.insert(held_.end(), batch_.begin(), batch_.end());
+  batch_.clear();
   stats_.messages_enqueued.Add(count);
 }
 
-void IngestHandler::PushOrHold() {
-  if (!held_.empty()) {
-    held_.insert(held_.end(), batch_.begin(), batch_.end());
-  } else {
-    const std::size_t pushed = channel_->PushBatch(std::span<stages::Message* const>(batch_));
-    held_.assign(batch_.begin() + static_cast<std::ptrdiff_t>(pushed), batch_.end());
-  }
-  batch_.clear();
+void IngestHandler::PushHeld() {
+  const std::size_t pushed = channel_->PushBatch(std::span<stages::Message* const>(held_));
+  held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(pushed));
   if (!held_.empty() && !retry_armed_) {
-    // The ring was fuller than size_approx said: keep order and retry shortly.
+    // The ring was fuller than size_approx said: keep the order and retry shortly.
     retry_armed_ = true;
     loop_->RunAfter(std::chrono::milliseconds(1), [this] {
       retry_armed_ = false;
-      PushOrHold();
+      if (!held_.empty()) PushHeld();
     });
   }
 }

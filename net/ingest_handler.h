@@ -95,8 +95,9 @@ class IngestHandler final : public stages::DurableAckSink {
     std::string_view position;   // Graph notifications: resource
   };
   void Enqueue(HttpRequest& request, Responder responder, stages::InputKind kind, std::vector<Item>* items);
-  // Pushes batch_ to the channel in order; what does not fit waits in held_ and is retried.
-  void PushOrHold();
+  // Pushes held_ to the channel in order (end of each loop iteration); what does not fit stays
+  // in held_ and is retried.
+  void PushHeld();
   void DrainAcks();
   std::uint64_t AllocatePending(Responder responder, std::uint32_t count);
 
@@ -111,7 +112,7 @@ class IngestHandler final : public stages::DurableAckSink {
   std::vector<Item> items_;                   // scratch: one request's items
   std::vector<std::string> graph_raw_;        // scratch: minified notifications
   std::vector<stages::Message*> batch_;       // scratch: messages of one request
-  std::vector<stages::Message*> held_;        // acquired and filled, not yet in the channel
+  std::vector<stages::Message*> held_;        // filled, waiting for the end-of-batch push
   bool retry_armed_ = false;
 
   std::vector<Pending> slots_;

@@ -33,6 +33,7 @@ COUNTS = {"batches": 0, "items": 0}
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, fmt, *args):  # keep test output clean
         pass
