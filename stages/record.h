@@ -27,6 +27,7 @@ struct Attachment {
   std::string_view content_type;  // "type/subtype", lower-case
   std::uint64_t size = 0;         // decoded bytes
   std::array<std::uint8_t, 32> sha256{};
+  bool has_sha256 = false;        // false when the bytes were not in the input (Graph without contentBytes)
 };
 
 // A header field as it appears in the message: name and unfolded-or-raw value, both views.
@@ -59,6 +60,7 @@ struct Record {
   std::optional<std::string_view> in_reply_to;
   std::vector<std::string_view> references;
   std::vector<Attachment> attachments;
+  bool has_attachments = false;  // MIME: attachments non-empty; Graph: `hasAttachments`
   std::string_view body_preview;  // at most 256 Unicode characters
   std::vector<Defect> defects;
 
@@ -85,6 +87,7 @@ struct Record {
     in_reply_to.reset();
     references.clear();
     attachments.clear();
+    has_attachments = false;
     body_preview = {};
     defects.clear();
     headers.clear();
