@@ -11,7 +11,10 @@
 #include <benchmark/benchmark.h>
 #include <malloc.h>
 
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <unordered_set>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include "stages/dedup_set.h"
+#include "stages/dedup_snapshot.h"
 
 namespace {
 
@@ -169,6 +173,42 @@ void BM_DedupSet_InsertOrFindEvicting(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * stream.keys.size()));
 }
 
+// Snapshot cost: writing (with fsync) and loading a full set of N keys, in the directory named by
+// $MAILRAIL_BENCH_DIR (default /tmp). The dedup stage blocks for the write; this is the stall.
+void BM_DedupSnapshot_WriteThenLoad(benchmark::State& state) {
+  const Stream& stream = KeyStream(static_cast<std::size_t>(state.range(0)), 1);
+  DedupSetConfig config;
+  config.capacity = stream.keys.size();
+  config.max_age_ms = 0;
+  DedupSet set(config);
+  std::vector<DedupAnswer> answers(64);
+  std::vector<DedupQuery> queries;
+  for (std::size_t i = 0; i < stream.keys.size(); ++i) queries.push_back(DedupQuery{stream.keys[i], i + 1, 0});
+  for (std::size_t i = 0; i < queries.size(); i += 64) {
+    set.InsertOrFindBatch(std::span(queries).subspan(i, std::min<std::size_t>(64, queries.size() - i)), answers);
+  }
+  const char* dir = std::getenv("MAILRAIL_BENCH_DIR");
+  const std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/mailrail-bench-dedup.snapshot";
+  double write_s = 0, load_s = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!WriteDedupSnapshot(set, queries.size(), path).has_value()) state.SkipWithError("snapshot write failed");
+    const auto t1 = std::chrono::steady_clock::now();
+    DedupSet loaded(config);
+    if (!LoadDedupSnapshot(path, loaded).has_value() || loaded.size() != set.size()) {
+      state.SkipWithError("snapshot load failed");
+    }
+    const auto t2 = std::chrono::steady_clock::now();
+    write_s += std::chrono::duration<double>(t1 - t0).count();
+    load_s += std::chrono::duration<double>(t2 - t1).count();
+  }
+  std::remove(path.c_str());
+  state.counters["write_ms"] = 1000 * write_s / static_cast<double>(state.iterations());
+  state.counters["load_ms"] = 1000 * load_s / static_cast<double>(state.iterations());
+  state.counters["keys"] = static_cast<double>(set.size());
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * set.size()));
+}
+
 void Shapes(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->UseRealTime();
   b->Args({1'000'000, 1})->Args({1'000'000, 5})->Args({10'000'000, 1})->Args({10'000'000, 5});
@@ -180,6 +220,7 @@ BENCHMARK(BM_DedupSet_InsertOrFindSingle)->Apply(Shapes);
 BENCHMARK(BM_AbslFlatHashSet_InsertOrFind)->Apply(Shapes);
 BENCHMARK(BM_StdUnorderedSet_InsertOrFind)->Apply(Shapes);
 BENCHMARK(BM_DedupSet_InsertOrFindEvicting)->Apply(Shapes);
+BENCHMARK(BM_DedupSnapshot_WriteThenLoad)->Arg(1'000'000)->Iterations(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

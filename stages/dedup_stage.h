@@ -19,8 +19,8 @@
 //   "<lsn> <original_lsn> <dedup_key hex> <message_id>", written once per batch (no fsync: the
 //   log is for inspection, the counters are authoritative).
 // Threading: Stage contract (one thread). Counters are relaxed atomics written by that thread and
-//   readable from any thread. Blocking: only while writing a snapshot (a few hundred ms per
-//   million keys; see docs/parts/dedupfilter.md).
+//   readable from any thread. Blocking: only while writing a snapshot (measured ~0.1 s per
+//   million keys including fsync; bench_dedup BM_DedupSnapshot_WriteThenLoad).
 
 #include <array>
 #include <atomic>
