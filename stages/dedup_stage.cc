@@ -93,6 +93,12 @@ std::size_t DedupStage::RunOnce() {
   for (std::size_t i = 0; i < n; ++i) {
     Message* m = batch_[i];
     max_lsn_ = std::max(max_lsn_, m->lsn);
+    // Settled before the crash (forwarded, dropped or quarantined): only its key mattered.
+    if (m->recovered && m->lsn <= config_.forwarded_through_lsn) {
+      ++rebuilt;
+      done_.Add(m);
+      continue;
+    }
     if (query_of_[i] == kNoQuery) {
       ++unparsed;
       out_.Add(m);
@@ -101,10 +107,7 @@ std::size_t DedupStage::RunOnce() {
     const DedupAnswer& a = answers_[query_of_[i]];
     // Found with its own LSN: the same message re-fed after a restart, already in the snapshot.
     const bool duplicate = a.duplicate && !(m->lsn != 0 && a.original_lsn == m->lsn);
-    if (m->recovered && m->lsn <= config_.forwarded_through_lsn) {
-      ++rebuilt;
-      done_.Add(m);
-    } else if (duplicate) {
+    if (duplicate) {
       ++duplicates;
       m->outcome = Outcome::kDuplicate;
       if (duplicates_log_fd_ >= 0) LogDuplicate(*m, a.original_lsn);

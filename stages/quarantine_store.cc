@@ -72,6 +72,7 @@ base::Result<std::unique_ptr<QuarantineStore>> QuarantineStore::Open(const std::
     if (type == kMessage) {
       store->entries_.push_back(QuarantineEntry{id, Load<std::uint64_t>(h + 16), Load<std::int64_t>(h + 24),
                                                 std::string(reason), raw_len, false, offset});
+      if (store->entries_.back().lsn != 0) store->id_by_lsn_.emplace(store->entries_.back().lsn, id);
     } else if (type == kRedriven && id >= 1 && id <= store->entries_.size()) {
       store->entries_[id - 1].redriven = true;
     } else {
@@ -117,7 +118,11 @@ void QuarantineStore::Encode(std::uint32_t type, std::uint64_t id, std::uint64_t
 std::uint64_t QuarantineStore::Append(std::uint64_t lsn, std::int64_t time_ms, std::string_view reason,
                                       std::string_view raw) {
   std::lock_guard lock(mutex_);
+  if (lsn != 0) {
+    if (const auto it = id_by_lsn_.find(lsn); it != id_by_lsn_.end()) return it->second;
+  }
   const std::uint64_t id = entries_.size() + 1;
+  if (lsn != 0) id_by_lsn_.emplace(lsn, id);
   const std::uint64_t offset = file_bytes_ + pending_.size();
   Encode(kMessage, id, lsn, time_ms, reason, raw);
   entries_.push_back(QuarantineEntry{id, lsn, time_ms, std::string(reason), raw.size(), false, offset});

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/base/result.h"
@@ -48,7 +49,9 @@ class QuarantineStore {
   QuarantineStore(const QuarantineStore&) = delete;
   QuarantineStore& operator=(const QuarantineStore&) = delete;
 
-  // Buffers one quarantined message; returns its id. Durable after the next Sync().
+  // Buffers one quarantined message; returns its id. Durable after the next Sync(). A message
+  // whose non-zero LSN is already in the store (re-filtered after a restart) is not stored twice:
+  // the existing id is returned.
   std::uint64_t Append(std::uint64_t lsn, std::int64_t time_ms, std::string_view reason, std::string_view raw);
   base::Status Sync();
 
@@ -71,6 +74,7 @@ class QuarantineStore {
   std::uint64_t file_bytes_ = 0;  // synced + written
   std::string pending_;
   std::vector<QuarantineEntry> entries_;
+  std::unordered_map<std::uint64_t, std::uint64_t> id_by_lsn_;
   std::uint64_t cut_bytes_ = 0;
 };
 

@@ -171,15 +171,19 @@ TEST(DedupStageTest, RestartFromSnapshotStillCatchesDuplicates) {
   refed->recovered = true;
   Message* dup = h.Make(101, "<m7@x>");     // a new delivery of an old message
   Message* fresh = h.Make(102, "<m101@x>");
-  h.Feed(*stage, {rebuilt, refed, dup, fresh});
+  Message* settled_unparsed = h.Make(80, "");  // quarantined before the crash: not again
+  settled_unparsed->recovered = true;
+  settled_unparsed->parse_failed = true;
+  h.Feed(*stage, {rebuilt, refed, dup, fresh, settled_unparsed});
   ASSERT_EQ(h.forwarded.size(), 2u);
   EXPECT_EQ(h.forwarded[0], refed);
   EXPECT_EQ(h.forwarded[1], fresh);
-  ASSERT_EQ(h.finished.size(), 2u);
+  ASSERT_EQ(h.finished.size(), 3u);
   EXPECT_EQ(h.finished[0], rebuilt);
   EXPECT_EQ(h.finished[1], dup);
+  EXPECT_EQ(h.finished[2], settled_unparsed);
   EXPECT_EQ(dup->outcome, Outcome::kDuplicate);
-  EXPECT_EQ(stage->counters().rebuilt.load(), 1u);
+  EXPECT_EQ(stage->counters().rebuilt.load(), 2u);
   std::filesystem::remove_all(dir);
 }
 

@@ -89,6 +89,9 @@ TEST(QuarantineStoreTest, AppendSyncReopenRedriveAndCutTornTail) {
   EXPECT_EQ(entries[1].reason, "unparseable: no headers");
   EXPECT_FALSE(entries[1].redriven);
   EXPECT_EQ(store.value()->ReadRaw(2).value(), std::string(5000, 'z'));
+  // The same LSN quarantined again after a restart is not stored twice.
+  EXPECT_EQ(store.value()->Append(9, 3000, "again", "x"), 2u);
+  EXPECT_EQ(store.value()->List().size(), 2u);
 }
 
 TEST(FilterStageTest, RoutesEveryActionAndCountsByRule) {
