@@ -72,12 +72,16 @@ class MimeParser {
   void ParseBody(const Entity& entity, std::string_view body, std::size_t depth, bool digest_child,
                  bool in_attached_message);
   void ParseEntity(std::string_view data, std::size_t depth, bool digest_child, bool in_attached_message);
-  void ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth, bool in_attached_message);
-  void ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body, bool in_attached_message);
+  void ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth, bool in_attached_message,
+                      std::size_t part_index);
+  void ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body, bool in_attached_message,
+                 std::size_t part_index);
+  std::string_view MediaType(const ContentType& ct);
   void ParseContentType(std::string_view value, bool digest_child, ContentType& out);
   void ParseParams(std::string_view rest, ParamList& out);
   // Value of parameter `name` (lower-case), joining RFC 2231 sections and decoding charsets.
-  std::string_view GetParam(const ParamList& params, std::string_view name);
+  // `decode_words`: also decode RFC 2047 words in a plain value (file names).
+  std::string_view GetParam(const ParamList& params, std::string_view name, bool decode_words);
   std::string_view Unquote(std::string_view quoted);
   std::string_view Unfold(std::string_view value);
   // RFC 2047 decoding of unstructured text (or a phrase) to UTF-8; a view when nothing changes.

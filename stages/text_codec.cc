@@ -60,6 +60,7 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
   const auto* const end = p + in.size();
   std::uint32_t acc = 0;
   int bits = 0;  // number of sextets in acc (0..3)
+  bool padded = false;
   while (p < end) {
     // Fast path: four alphabet characters at a sextet boundary.
     if (bits == 0) {
@@ -89,6 +90,7 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
     } else if (v == kB64Skip) {
       continue;
     } else if (v == kB64Pad) {
+      padded = true;
       // Padding ends the data; anything but more padding and whitespace afterwards is invalid.
       while (p < end && (kBase64[*p] == kB64Pad || kBase64[*p] == kB64Skip)) ++p;
       if (p < end) status.invalid = true;
@@ -97,9 +99,10 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
       status.invalid = true;
     }
   }
-  if (bits == 1) {
-    status.truncated = true;  // 6 bits cannot form a byte
-  } else if (bits == 2) {
+  // A dangling 1-3 characters without '=' padding: the message was cut (or the encoder omitted
+  // padding). Whole bytes in the tail are kept; 6 bits cannot form one.
+  if (bits != 0 && !padded) status.truncated = true;
+  if (bits == 2) {
     *dst++ = static_cast<std::uint8_t>(acc >> 4);
   } else if (bits == 3) {
     *dst++ = static_cast<std::uint8_t>(acc >> 10);
@@ -225,6 +228,16 @@ void AppendRepairedUtf8(std::string_view in, ScratchBuffer& out) {
   char* dst = out.Extend(in.size() * 3);
   char* const begin = dst;
   while (p < end) {
+    if (end - p >= 8) {
+      std::uint64_t w;
+      std::memcpy(&w, p, 8);
+      if ((w & 0x8080808080808080ull) == 0) {
+        std::memcpy(dst, p, 8);
+        dst += 8;
+        p += 8;
+        continue;
+      }
+    }
     const std::size_t n = Utf8SequenceLength(p, end);
     if (n == 0) {
       *dst++ = '\xEF';
@@ -374,8 +387,10 @@ void AppendHtmlText(std::string_view html, ScratchBuffer& out) {
       continue;
     }
     if (c != '<') {
-      std::size_t j = i + 1;
-      while (j < n && html[j] != '<' && html[j] != '&') ++j;
+      const void* lt = std::memchr(html.data() + i, '<', n - i);
+      std::size_t j = lt == nullptr ? n : static_cast<std::size_t>(static_cast<const char*>(lt) - html.data());
+      const void* amp = std::memchr(html.data() + i, '&', j - i);
+      if (amp != nullptr) j = static_cast<std::size_t>(static_cast<const char*>(amp) - html.data());
       out.Append(html.substr(i, j - i));
       i = j;
       continue;
@@ -429,6 +444,19 @@ void AppendPreview(std::string_view text, std::size_t max_chars, ScratchBuffer& 
       if (chars >= max_chars) break;
     }
     pending_space = false;
+    if (c < 0x80) {
+      // A run of printable ASCII: copy it in one go.
+      std::size_t j = i + 1;
+      while (j < n && j - i < max_chars - chars) {
+        const unsigned char d = static_cast<unsigned char>(text[j]);
+        if (d >= 0x80 || d <= ' ') break;
+        ++j;
+      }
+      out.Append(text.substr(i, j - i));
+      chars += j - i;
+      i = j;
+      continue;
+    }
     std::size_t len = 1;
     if (c >= 0xF0) len = 4; else if (c >= 0xE0) len = 3; else if (c >= 0xC0) len = 2;
     len = std::min(len, n - i);
