@@ -26,6 +26,22 @@ std::int64_t WallMs() {
 
 base::Result<std::unique_ptr<DedupStage>> DedupStage::Create(DedupStageConfig config, MessageChannel* in,
                                                              MessageChannel* out, MessageChannel* done) {
+  // Bad configuration fails here, before any traffic, naming the key.
+  const DedupSetConfig& set = config.set;
+  auto invalid = [](const std::string& key, const std::string& why) {
+    return base::MakeError("dedup.config", "dedup." + key + ": " + why);
+  };
+  if (set.shards == 0 || (set.shards & (set.shards - 1)) != 0 || set.shards > 4096) {
+    return invalid("shards", "must be a power of two between 1 and 4096");
+  }
+  if (set.capacity < set.shards || set.capacity / set.shards >= (1ULL << 32) - 1) {
+    return invalid("capacity", "must be at least the shard count and below 2^32 - 1 keys per shard");
+  }
+  if (set.max_age_ms < 0) return invalid("max_age_ms", "must be >= 0 (0: no limit by age)");
+  if (set.age_granularity_ms <= 0) return invalid("age_granularity_ms", "must be > 0");
+  if ((config.key.recent_ids & (config.key.recent_ids - 1)) != 0 || config.key.recent_ids == 0) {
+    return invalid("key.recent_ids", "must be a power of two");
+  }
   std::unique_ptr<DedupStage> stage(new DedupStage(std::move(config), in, out, done));
   if (!stage->config_.snapshot_path.empty()) {
     auto loaded = LoadDedupSnapshot(stage->config_.snapshot_path, stage->set_);

@@ -187,6 +187,20 @@ TEST(DedupStageTest, RestartFromSnapshotStillCatchesDuplicates) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(DedupStageTest, BadConfigurationIsRejectedNamingTheKey) {
+  Harness h;
+  DedupStageConfig config;
+  config.set.shards = 3;
+  auto stage = DedupStage::Create(config, &h.in, &h.out, &h.done);
+  ASSERT_FALSE(stage.has_value());
+  EXPECT_EQ(stage.error().message.rfind("dedup.shards:", 0), 0u) << stage.error().message;
+  config.set.shards = 1;
+  config.set.capacity = 1ULL << 33;
+  stage = DedupStage::Create(config, &h.in, &h.out, &h.done);
+  ASSERT_FALSE(stage.has_value());
+  EXPECT_EQ(stage.error().message.rfind("dedup.capacity:", 0), 0u) << stage.error().message;
+}
+
 TEST(DedupSnapshotTest, RoundTripKeepsOrderLsnAndAge) {
   const std::string dir = TempDir("snap");
   DedupSetConfig config;
