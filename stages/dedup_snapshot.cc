@@ -22,6 +22,8 @@ base::Error IoError(const std::string& what, const std::string& path) {
   return base::MakeError("dedup.snapshot_io", what + " " + path + ": " + std::strerror(errno));
 }
 
+}  // namespace
+
 // Buffered writer that checksums what it writes.
 class ChecksumWriter {
  public:
@@ -58,6 +60,8 @@ class ChecksumWriter {
   bool ok_ = true;
 };
 
+namespace {
+
 std::uint64_t ReadU64(const char* p) {
   std::uint64_t v;
   std::memcpy(&v, p, 8);
@@ -66,37 +70,55 @@ std::uint64_t ReadU64(const char* p) {
 
 }  // namespace
 
-base::Status WriteDedupSnapshot(const DedupSet& set, std::uint64_t covered_lsn, const std::string& path) {
+base::Result<std::unique_ptr<DedupSnapshotWriter>> DedupSnapshotWriter::Begin(const DedupSet& set,
+                                                                             std::uint64_t covered_lsn,
+                                                                             const std::string& path) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return IoError("cannot create", tmp);
-  ChecksumWriter out(fd);
-  out.Put(kMagic, 8);
+  std::unique_ptr<DedupSnapshotWriter> writer(new DedupSnapshotWriter(fd, path));
+  writer->out_ = std::make_unique<ChecksumWriter>(fd);
+  writer->out_->Put(kMagic, 8);
   const auto shards = static_cast<std::uint32_t>(set.shard_count());
   const std::uint32_t reserved = 0;
-  out.Put(&shards, 4);
-  out.Put(&reserved, 4);
-  out.PutU64(covered_lsn);
-  out.PutU64(set.size());
-  for (std::size_t s = 0; s < set.shard_count(); ++s) {
-    const std::vector<DedupEntry> entries = set.shard(s).Entries();
-    out.PutU64(entries.size());
+  writer->out_->Put(&shards, 4);
+  writer->out_->Put(&reserved, 4);
+  writer->out_->PutU64(covered_lsn);
+  writer->out_->PutU64(0);  // reserved
+  return writer;
+}
+
+DedupSnapshotWriter::DedupSnapshotWriter(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+
+DedupSnapshotWriter::~DedupSnapshotWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink((path_ + ".tmp").c_str());  // abandoned: never renamed over the last good snapshot
+  }
+}
+
+bool DedupSnapshotWriter::Step(const DedupSet& set) {
+  if (next_shard_ < set.shard_count()) {
+    const std::vector<DedupEntry> entries = set.shard(next_shard_++).Entries();
+    out_->PutU64(entries.size());
     for (const DedupEntry& e : entries) {
-      out.PutU64(e.key64);
-      out.PutU64(e.lsn);
-      out.PutU64(static_cast<std::uint64_t>(e.time_ms));
+      out_->PutU64(e.key64);
+      out_->PutU64(e.lsn);
+      out_->PutU64(static_cast<std::uint64_t>(e.time_ms));
     }
   }
-  const std::uint64_t digest = out.digest();
-  out.Put(&digest, 8);
-  const bool written = out.Flush();
-  if (!written || ::fsync(fd) != 0) {
-    ::close(fd);
-    return IoError("cannot write", tmp);
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError("cannot rename over", path);
-  std::string dir = std::filesystem::path(path).parent_path().string();
+  return next_shard_ == set.shard_count();
+}
+
+base::Status DedupSnapshotWriter::Finish() {
+  const std::string tmp = path_ + ".tmp";
+  const std::uint64_t digest = out_->digest();
+  out_->Put(&digest, 8);
+  if (!out_->Flush() || ::fsync(fd_) != 0) return IoError("cannot write", tmp);
+  ::close(fd_);
+  fd_ = -1;
+  if (::rename(tmp.c_str(), path_.c_str()) != 0) return IoError("cannot rename over", path_);
+  std::string dir = std::filesystem::path(path_).parent_path().string();
   if (dir.empty()) dir = ".";
   const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) return IoError("cannot open directory", dir);
@@ -104,6 +126,14 @@ base::Status WriteDedupSnapshot(const DedupSet& set, std::uint64_t covered_lsn, 
   ::close(dir_fd);
   if (synced != 0) return IoError("cannot fsync directory", dir);
   return base::OkStatus();
+}
+
+base::Status WriteDedupSnapshot(const DedupSet& set, std::uint64_t covered_lsn, const std::string& path) {
+  auto writer = DedupSnapshotWriter::Begin(set, covered_lsn, path);
+  if (!writer.has_value()) return writer.error();
+  while (!writer.value()->Step(set)) {
+  }
+  return writer.value()->Finish();
 }
 
 base::Result<std::uint64_t> LoadDedupSnapshot(const std::string& path, DedupSet& set) {
@@ -139,13 +169,19 @@ base::Result<std::uint64_t> LoadDedupSnapshot(const std::string& path, DedupSet&
                                              std::to_string(set.shard_count()));
   }
   const std::uint64_t covered = ReadU64(data + 16);
-  const std::uint64_t total = ReadU64(data + 24);
-  if (size != kHeaderBytes + 8 * shards + total * kEntryBytes + 8) return fail("dedup.snapshot_corrupt", "size mismatch");
+  // Walk the shard counts first, so a file whose sizes do not add up is rejected before loading.
   std::size_t offset = kHeaderBytes;
+  for (std::uint32_t s = 0; s < shards; ++s) {
+    if (offset + 8 > size - 8) return fail("dedup.snapshot_corrupt", "shard table overruns file");
+    const std::uint64_t n = ReadU64(data + offset);
+    if (n > (size - 8 - offset - 8) / kEntryBytes) return fail("dedup.snapshot_corrupt", "shard overruns file");
+    offset += 8 + n * kEntryBytes;
+  }
+  if (offset != size - 8) return fail("dedup.snapshot_corrupt", "size mismatch");
+  offset = kHeaderBytes;
   for (std::uint32_t s = 0; s < shards; ++s) {
     const std::uint64_t n = ReadU64(data + offset);
     offset += 8;
-    if (offset + n * kEntryBytes > size - 8) return fail("dedup.snapshot_corrupt", "shard overruns file");
     DedupShard& shard = set.shard(s);
     for (std::uint64_t i = 0; i < n; ++i, offset += kEntryBytes) {
       const auto time_ms = static_cast<std::int64_t>(ReadU64(data + offset + 16));

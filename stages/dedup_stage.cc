@@ -146,10 +146,7 @@ std::size_t DedupStage::RunOnce() {
   counters_.set_size.store(set_.size(), std::memory_order_relaxed);
   out_.Flush();
   done_.Flush();
-  if (!config_.snapshot_path.empty() && config_.snapshot_interval.count() > 0 &&
-      engine::Clock::now() >= next_snapshot_) {
-    if (!WriteSnapshot().has_value()) Bump(counters_.snapshot_errors);
-  }
+  if (!config_.snapshot_path.empty() && config_.snapshot_interval.count() > 0) StepPeriodicSnapshot();
   return n;
 }
 
@@ -159,7 +156,29 @@ void DedupStage::LogDuplicate(const Message& message, std::uint64_t original_lsn
                  message.record.message_id.value_or(std::string_view("-")));
 }
 
+void DedupStage::StepPeriodicSnapshot() {
+  // One shard per batch, so the stage stalls for a shard's worth of writing at a time.
+  if (periodic_snapshot_ == nullptr) {
+    if (engine::Clock::now() < next_snapshot_) return;
+    next_snapshot_ = engine::Clock::now() + config_.snapshot_interval;
+    auto writer = DedupSnapshotWriter::Begin(set_, max_lsn_, config_.snapshot_path);
+    if (!writer.has_value()) {
+      Bump(counters_.snapshot_errors);
+      return;
+    }
+    periodic_snapshot_ = std::move(writer.value());
+  }
+  if (!periodic_snapshot_->Step(set_)) return;
+  if (periodic_snapshot_->Finish().has_value()) {
+    Bump(counters_.snapshots_written);
+  } else {
+    Bump(counters_.snapshot_errors);
+  }
+  periodic_snapshot_.reset();
+}
+
 base::Status DedupStage::WriteSnapshot() {
+  periodic_snapshot_.reset();  // an unfinished periodic one is superseded (its .tmp removed)
   next_snapshot_ = engine::Clock::now() + config_.snapshot_interval;
   counters_.bytes_reserved.store(set_.bytes_reserved(), std::memory_order_relaxed);
   auto status = WriteDedupSnapshot(set_, max_lsn_, config_.snapshot_path);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -184,6 +185,35 @@ TEST(DedupStageTest, RestartFromSnapshotStillCatchesDuplicates) {
   EXPECT_EQ(h.finished[2], settled_unparsed);
   EXPECT_EQ(dup->outcome, Outcome::kDuplicate);
   EXPECT_EQ(stage->counters().rebuilt.load(), 2u);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DedupStageTest, PeriodicSnapshotIsWrittenOneShardPerBatch) {
+  const std::string dir = TempDir("periodic");
+  Harness h;
+  DedupStageConfig config;
+  config.set.shards = 4;
+  config.snapshot_path = dir + "/dedup.snapshot";
+  config.snapshot_interval = std::chrono::milliseconds(1);
+  auto stage = MakeStage(h, config);
+  int batches = 0;
+  for (int i = 1; stage->counters().snapshots_written.load() == 0; ++i) {
+    ASSERT_LT(i, 10'000) << "no periodic snapshot";
+    h.Feed(*stage, {h.Make(i, "<p" + std::to_string(i) + "@x>")});
+    ++batches;
+  }
+  EXPECT_GE(batches, 4);  // begun on one batch, one shard per batch, finished on the fourth
+  EXPECT_FALSE(std::filesystem::exists(config.snapshot_path + ".tmp"));
+  DedupSetConfig set_config = config.set;
+  set_config.capacity = 10'000;
+  DedupSet loaded(set_config);
+  auto covered = LoadDedupSnapshot(config.snapshot_path, loaded);
+  ASSERT_TRUE(covered.has_value()) << covered.error().message;
+  EXPECT_GE(loaded.size(), covered.value());  // every key up to the covered LSN (and maybe more)
+  for (std::uint64_t lsn = 1; lsn <= covered.value(); ++lsn) {
+    DedupKeyer keyer;
+    EXPECT_TRUE(loaded.Contains(keyer.KeyOf(*h.Make(lsn, "<p" + std::to_string(lsn) + "@x>")).fingerprint)) << lsn;
+  }
   std::filesystem::remove_all(dir);
 }
 
