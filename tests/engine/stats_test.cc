@@ -38,7 +38,9 @@ TEST(LatencyHistogramTest, BucketBoundsAreConsistent) {
     const int b = LatencyHistogram::BucketOf(v);
     ASSERT_LT(b, LatencyHistogram::kBuckets);
     EXPECT_GE(LatencyHistogram::UpperBoundOf(b), v);
-    if (b > 0) EXPECT_LT(LatencyHistogram::UpperBoundOf(b - 1), v);
+    if (b > 0) {
+      EXPECT_LT(LatencyHistogram::UpperBoundOf(b - 1), v);
+    }
   }
 }
 

@@ -1,0 +1,109 @@
+#pragma once
+// FilterStage: applies the RuleSet to every message and routes it by the decision.
+//
+// Inputs/outputs (all Channel<Message*>):
+//   in    messages from dedup;
+//   out   accepted and labelled messages, to forward;
+//   done  messages whose journey ends here, for the terminal stage: dropped by a rule
+//         (Outcome::kDroppedByRule), quarantined by a rule (kQuarantinedByRule) or unparseable
+//         (parse_failed, kQuarantinedUnparseable). Quarantined messages are appended to the
+//         QuarantineStore with their reason and synced before they are pushed to done.
+//   Every popped message leaves through exactly one of out/done and is counted once.
+// Record: spam_score, action, rules (fired rule and threshold ids) and labels are set; the id and
+//   label strings are copied into the message's arena, so they outlive a rule-set swap.
+// Counting: per action, and per (fired rule, final action) for every non-accept decision.
+// Reload: RequestReload() may be called from any thread (a SIGHUP handler thread, the control
+//   API). It loads and compiles the rule file on the calling thread, off the hot path; on success
+//   it publishes the new set, which the stage picks up at its next batch (one acquire load per
+//   batch), so no message sees half of a set. On failure the error (file, line, rule) is returned
+//   and recorded, and the old rules stay in force. Retired sets die when the stage lets go.
+// Threading: Stage contract for RunOnce; RequestReload and Stats from any thread.
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "engine/base/result.h"
+#include "engine/stage.h"
+#include "stages/filter_rules.h"
+#include "stages/message.h"
+#include "stages/quarantine_store.h"
+
+namespace mailrail::stages {
+
+struct FilterStageConfig {
+  std::string rules_path{kBuiltinDefaultRules};  // a rule file, or "builtin:default"
+  QuarantineStore* quarantine = nullptr;          // not owned; nullptr: quarantine is an outcome only
+};
+
+struct FilterStats {
+  std::uint64_t in = 0;
+  std::array<std::uint64_t, 4> by_action{};  // indexed by FilterAction
+  std::uint64_t quarantined_unparseable = 0;
+  // Per rule (or threshold) id: how often it fired in a decision of each non-accept action
+  // (index by FilterAction; [kAccept] counts every firing whatever the decision).
+  std::map<std::string, std::array<std::uint64_t, 4>> by_rule;
+  std::uint64_t reloads = 0;
+  std::uint64_t reload_failures = 0;
+  std::string last_reload_error;
+  std::uint64_t quarantine_errors = 0;
+};
+
+class FilterStage final : public engine::Stage {
+ public:
+  using MessageChannel = engine::Channel<Message*>;
+
+  static base::Result<std::unique_ptr<FilterStage>> Create(FilterStageConfig config, MessageChannel* in,
+                                                           MessageChannel* out, MessageChannel* done);
+
+  std::string_view name() const override { return "filter"; }
+  std::size_t RunOnce() override;
+  bool IsFinished() const override { return in_->IsDrained() && out_.empty() && done_.empty(); }
+  unsigned cost_hint() const override { return 2; }
+
+  base::Status RequestReload();
+  FilterStats Stats() const;
+  std::shared_ptr<const RuleSet> rules() const;
+
+ private:
+  struct Active {
+    std::shared_ptr<const RuleSet> rules;
+    std::unique_ptr<std::atomic<std::uint64_t>[]> counts;  // decision_count() x 4
+  };
+  FilterStage(FilterStageConfig config, MessageChannel* in, MessageChannel* out, MessageChannel* done);
+  void Install(std::shared_ptr<const RuleSet> rules);  // stage thread (or before start)
+  void Decide(Message& message);
+
+  FilterStageConfig config_;
+  MessageChannel* in_;
+  engine::Outbox<Message*> out_;
+  engine::Outbox<Message*> done_;
+  FilterScratch scratch_;
+  FilterDecision decision_;
+  std::string reason_;
+  std::array<Message*, 64> batch_{};
+  std::shared_ptr<Active> active_;  // stage thread; swapped under stats_mutex_
+
+  // Published by RequestReload, taken by the stage.
+  std::mutex reload_mutex_;  // serialises reloads
+  mutable std::mutex pending_mutex_;
+  std::shared_ptr<const RuleSet> pending_;
+  std::atomic<std::uint64_t> pending_generation_{0};
+  std::uint64_t seen_generation_ = 0;
+
+  mutable std::mutex stats_mutex_;  // guards retired_ and the active_ pointer seen by Stats()
+  std::map<std::string, std::array<std::uint64_t, 4>> retired_;
+  std::atomic<std::uint64_t> in_count_{0};
+  std::array<std::atomic<std::uint64_t>, 4> action_counts_{};
+  std::atomic<std::uint64_t> unparseable_{0};
+  std::atomic<std::uint64_t> quarantine_errors_{0};
+  std::atomic<std::uint64_t> reloads_{0};
+  std::atomic<std::uint64_t> reload_failures_{0};
+  std::string last_reload_error_;  // under pending_mutex_
+};
+
+}  // namespace mailrail::stages
