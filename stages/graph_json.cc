@@ -34,44 +34,42 @@ bool GraphJsonParser::ReadString(ondemand::value value, std::string_view& out) {
     OnError(error);
     return false;
   }
-  // raw.raw() points just past the opening quote, inside Message::raw (a document simdjson
-  // accepted, so the closing quote exists). Short strings are scanned inline; long ones (base64
-  // contentBytes, bodies) with memchr.
-  const char* const begin = raw.raw();
+  // raw.raw() points just past the opening quote, inside Message::raw.
+  const char* begin = raw.raw();
   const char* const end = msg_->raw.data() + msg_->raw.size();
   const char* p = begin;
-  const char* const inline_end = std::min(end, begin + 64);
-  while (p < inline_end && *p != '"' && *p != '\\') ++p;
-  if (p == inline_end && p < end) {
+  bool escaped = false;
+  while (true) {
     const void* q = std::memchr(p, '"', static_cast<std::size_t>(end - p));
-    if (q == nullptr) {
+    if (q == nullptr) {  // cannot happen for a document simdjson accepted
       AddDefect(defect::kMalformedJsonField);
       return false;
     }
-    const void* bs = std::memchr(p, '\\', static_cast<std::size_t>(static_cast<const char*>(q) - p));
-    p = bs != nullptr ? static_cast<const char*>(bs) : static_cast<const char*>(q);
+    const char* quote = static_cast<const char*>(q);
+    std::size_t backslashes = 0;
+    while (quote - backslashes > begin && quote[-1 - static_cast<std::ptrdiff_t>(backslashes)] == '\\') {
+      ++backslashes;
+    }
+    if (std::memchr(p, '\\', static_cast<std::size_t>(quote - p)) != nullptr) escaped = true;
+    if (backslashes % 2 == 0) {
+      if (!escaped) {
+        out = std::string_view(begin, static_cast<std::size_t>(quote - begin));
+        return true;
+      }
+      // Unescape straight into the arena (simdjson may write up to SIMDJSON_PADDING bytes past
+      // the text; that slack stays unused in the arena).
+      const std::size_t len = static_cast<std::size_t>(quote - begin);
+      auto* dst = reinterpret_cast<std::uint8_t*>(msg_->arena.Allocate(len + simdjson::SIMDJSON_PADDING));
+      std::string_view text;
+      if (const auto error = parser_.unescape(raw, dst).get(text); error != simdjson::SUCCESS) {
+        OnError(error);
+        return false;
+      }
+      out = text;
+      return true;
+    }
+    p = quote + 1;
   }
-  if (p >= end) {
-    AddDefect(defect::kMalformedJsonField);
-    return false;
-  }
-  if (*p == '"') {
-    out = std::string_view(begin, static_cast<std::size_t>(p - begin));
-    return true;
-  }
-  // Escapes: find the closing quote (skipping escaped characters) to size the output, then
-  // unescape straight into the arena (simdjson may write up to SIMDJSON_PADDING bytes past the
-  // text; that slack stays unused in the arena).
-  while (p < end && *p != '"') p += *p == '\\' ? 2 : 1;
-  const std::size_t len = static_cast<std::size_t>(std::min(p, end) - begin);
-  auto* dst = reinterpret_cast<std::uint8_t*>(msg_->arena.Allocate(len + simdjson::SIMDJSON_PADDING));
-  std::string_view text;
-  if (const auto error = parser_.unescape(raw, dst).get(text); error != simdjson::SUCCESS) {
-    OnError(error);
-    return false;
-  }
-  out = text;
-  return true;
 }
 
 bool GraphJsonParser::ReadRecipient(ondemand::value value, Address& out) {
