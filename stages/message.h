@@ -17,7 +17,9 @@
 
 namespace mailrail::stages {
 
-enum class InputKind : std::uint8_t { kRfc822, kGraphJson };
+// kGraphNotification: one Microsoft Graph change notification (a JSON object) received by the
+// webhook; it is a durable fetch request for the Graph poller, not a message to parse.
+enum class InputKind : std::uint8_t { kRfc822, kGraphJson, kGraphNotification };
 enum class SourceKind : std::uint8_t { kReplay, kWebhook, kImap, kGraph };
 
 // Where the message came from; `position` is source-specific (byte offset in a dump, IMAP UID,
