@@ -60,6 +60,15 @@ bool CharsetConverter::IsUtf8Compatible(std::string_view charset) {
   return IsUtf8Label(Normalize(charset, buffer));
 }
 
+bool CharsetConverter::IsAsciiCompatible(std::string_view charset) {
+  char buffer[64];
+  const std::string_view n = Normalize(charset, buffer);
+  return !(n.find("utf-16") != std::string_view::npos || n.find("utf-32") != std::string_view::npos ||
+           n.find("utf-7") != std::string_view::npos || n.find("ucs") != std::string_view::npos ||
+           n.find("unicode") != std::string_view::npos || n.find("2022") != std::string_view::npos ||
+           n.find("hz-gb") != std::string_view::npos);
+}
+
 void* CharsetConverter::Lookup(std::string_view normalized) {
   for (const auto& e : cache_) {
     if (e.charset == normalized) return e.cd;
@@ -88,7 +97,7 @@ ConvertStatus CharsetConverter::AppendUtf8(std::string_view charset, std::string
     }
     return status;
   }
-  if (IsLatin1Label(n)) {
+  if (IsLatin1Label(n) || (IsAscii(in) && IsAsciiCompatible(charset))) {
     AppendLatin1AsUtf8(in, out);
     return status;
   }

@@ -15,6 +15,7 @@
 
 namespace mailrail::stages {
 
+// ConvertStatus: what a conversion had to guess or replace (mapped to defects by the caller).
 struct ConvertStatus {
   bool unknown_charset = false;
   bool invalid_data = false;
@@ -35,6 +36,9 @@ class CharsetConverter {
 
   // True when text in `charset` that is valid UTF-8 can be used as is (UTF-8 and ASCII labels).
   static bool IsUtf8Compatible(std::string_view charset);
+  // True when pure-ASCII text in `charset` is the same text in UTF-8 (false for UTF-16/32, UTF-7
+  // and other encodings where ASCII bytes mean something else).
+  static bool IsAsciiCompatible(std::string_view charset);
 
  private:
   // Returns the cached iconv_t (as void*) for the normalized charset, or nullptr if unknown.

@@ -1,5 +1,6 @@
 #include "stages/graph_json.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -33,43 +34,44 @@ bool GraphJsonParser::ReadString(ondemand::value value, std::string_view& out) {
     OnError(error);
     return false;
   }
-  // raw.raw() points just past the opening quote, inside Message::raw.
-  const char* begin = raw.raw();
+  // raw.raw() points just past the opening quote, inside Message::raw (a document simdjson
+  // accepted, so the closing quote exists). Short strings are scanned inline; long ones (base64
+  // contentBytes, bodies) with memchr.
+  const char* const begin = raw.raw();
   const char* const end = msg_->raw.data() + msg_->raw.size();
   const char* p = begin;
-  bool escaped = false;
-  while (true) {
+  const char* const inline_end = std::min(end, begin + 64);
+  while (p < inline_end && *p != '"' && *p != '\\') ++p;
+  if (p == inline_end && p < end) {
     const void* q = std::memchr(p, '"', static_cast<std::size_t>(end - p));
-    if (q == nullptr) {  // cannot happen for a document simdjson accepted
+    if (q == nullptr) {
       AddDefect(defect::kMalformedJsonField);
       return false;
     }
-    const char* quote = static_cast<const char*>(q);
-    std::size_t backslashes = 0;
-    while (quote - backslashes > begin && quote[-1 - static_cast<std::ptrdiff_t>(backslashes)] == '\\') {
-      ++backslashes;
-    }
-    if (std::memchr(p, '\\', static_cast<std::size_t>(quote - p)) != nullptr) escaped = true;
-    if (backslashes % 2 == 0) {
-      if (!escaped) {
-        out = std::string_view(begin, static_cast<std::size_t>(quote - begin));
-        return true;
-      }
-      const std::size_t len = static_cast<std::size_t>(quote - begin);
-      unescaped_.Clear();
-      auto* dst = reinterpret_cast<std::uint8_t*>(unescaped_.Extend(len + simdjson::SIMDJSON_PADDING));
-      auto* const dst_begin = dst;
-      std::string_view text;
-      if (const auto error = parser_.unescape(raw, dst).get(text); error != simdjson::SUCCESS) {
-        OnError(error);
-        return false;
-      }
-      (void)dst_begin;
-      out = msg_->arena.Copy(text);
-      return true;
-    }
-    p = quote + 1;
+    const void* bs = std::memchr(p, '\\', static_cast<std::size_t>(static_cast<const char*>(q) - p));
+    p = bs != nullptr ? static_cast<const char*>(bs) : static_cast<const char*>(q);
   }
+  if (p >= end) {
+    AddDefect(defect::kMalformedJsonField);
+    return false;
+  }
+  if (*p == '"') {
+    out = std::string_view(begin, static_cast<std::size_t>(p - begin));
+    return true;
+  }
+  // Escapes: find the closing quote (skipping escaped characters) to size the output, then
+  // unescape straight into the arena (simdjson may write up to SIMDJSON_PADDING bytes past the
+  // text; that slack stays unused in the arena).
+  while (p < end && *p != '"') p += *p == '\\' ? 2 : 1;
+  const std::size_t len = static_cast<std::size_t>(std::min(p, end) - begin);
+  auto* dst = reinterpret_cast<std::uint8_t*>(msg_->arena.Allocate(len + simdjson::SIMDJSON_PADDING));
+  std::string_view text;
+  if (const auto error = parser_.unescape(raw, dst).get(text); error != simdjson::SUCCESS) {
+    OnError(error);
+    return false;
+  }
+  out = text;
+  return true;
 }
 
 bool GraphJsonParser::ReadRecipient(ondemand::value value, Address& out) {
@@ -81,11 +83,11 @@ bool GraphJsonParser::ReadRecipient(ondemand::value value, Address& out) {
   bool found = false;
   for (auto field_result : recipient) {
     ondemand::field field;
-    std::string_view key;
-    if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+    if (std::move(field_result).get(field) != simdjson::SUCCESS) {
       json_error_ = true;
       return false;
     }
+    const ondemand::raw_json_string key = field.key();
     if (key != "emailAddress") continue;
     ondemand::object email;
     if (const auto error = field.value().get_object().get(email); error != simdjson::SUCCESS) {
@@ -94,11 +96,11 @@ bool GraphJsonParser::ReadRecipient(ondemand::value value, Address& out) {
     }
     for (auto inner_result : email) {
       ondemand::field inner;
-      std::string_view inner_key;
-      if (std::move(inner_result).get(inner) != simdjson::SUCCESS || inner.unescaped_key().get(inner_key) != simdjson::SUCCESS) {
+      if (std::move(inner_result).get(inner) != simdjson::SUCCESS) {
         json_error_ = true;
         return false;
       }
+      const ondemand::raw_json_string inner_key = inner.key();
       if (inner_key == "name") {
         ReadString(inner.value(), out.name);
       } else if (inner_key == "address") {
@@ -138,11 +140,11 @@ void GraphJsonParser::ReadBody(ondemand::value value) {
   }
   for (auto field_result : body) {
     ondemand::field field;
-    std::string_view key;
-    if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+    if (std::move(field_result).get(field) != simdjson::SUCCESS) {
       json_error_ = true;
       return;
     }
+    const ondemand::raw_json_string key = field.key();
     if (key == "contentType") {
       std::string_view type;
       if (ReadString(field.value(), type)) body_is_html_ = EqualsLower(type, "html");
@@ -170,11 +172,11 @@ void GraphJsonParser::ReadAttachments(ondemand::value value) {
     std::uint64_t size = 0;
     for (auto field_result : object) {
       ondemand::field field;
-      std::string_view key;
-      if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+      if (std::move(field_result).get(field) != simdjson::SUCCESS) {
         json_error_ = true;
         return;
       }
+      const ondemand::raw_json_string key = field.key();
       if (key == "name") {
         ReadString(field.value(), name);
       } else if (key == "contentType") {
@@ -241,11 +243,11 @@ void GraphJsonParser::Parse(Message& msg, std::size_t max_bytes) {
   for (auto field_result : object) {
     if (json_error_) break;
     ondemand::field field;
-    std::string_view key;
-    if (std::move(field_result).get(field) != simdjson::SUCCESS || field.unescaped_key().get(key) != simdjson::SUCCESS) {
+    if (std::move(field_result).get(field) != simdjson::SUCCESS) {
       ok = false;
       break;
     }
+    const ondemand::raw_json_string key = field.key();
     ondemand::value value = field.value();
     if (key == "internetMessageId") {
       std::string_view id;
@@ -275,11 +277,12 @@ void GraphJsonParser::Parse(Message& msg, std::size_t max_bytes) {
     } else if (key == "replyTo") {
       ReadRecipients(value, record.reply_to);
     } else if (key == "sentDateTime" || key == "receivedDateTime") {
+      const bool is_sent = key == "sentDateTime";
       std::string_view text;
       if (!ReadString(value, text)) continue;
       const auto ms = ParseIso8601Ms(text);
       if (!ms) AddDefect(defect::kUnparseableDate);
-      if (key == "sentDateTime") {
+      if (is_sent) {
         saw_sent = true;
         record.date_unix_ms = ms;
       } else {

@@ -44,7 +44,6 @@ class GraphJsonParser {
   void OnError(simdjson::error_code error);
 
   simdjson::ondemand::parser parser_;
-  ScratchBuffer unescaped_;
   ScratchBuffer decoded_;
   ScratchBuffer scratch_;
   Message* msg_ = nullptr;

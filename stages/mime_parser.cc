@@ -14,6 +14,18 @@ const char* FindByte(const char* p, const char* end, char c) {
 }
 
 bool IsFieldNameChar(char c) { return c > 32 && c < 127 && c != ':'; }
+// Later fields may carry 8-bit bytes in their names (seen in the wild); the first must be ASCII so
+// that binary garbage is not taken for a header.
+bool IsLenientFieldNameChar(char c) { return (c > 32 && c < 127 && c != ':') || static_cast<unsigned char>(c) >= 128; }
+
+constexpr std::size_t kMaxBoundary = 998;
+
+// True when the line at p starts with "Name:" (a header field).
+bool LooksLikeField(const char* p, const char* end) {
+  const char* q = p;
+  while (q < end && IsFieldNameChar(*q)) ++q;
+  return q > p && q < end && *q == ':';
+}  // RFC 2046 allows 70; real mail exceeds it
 
 bool IsTokenChar(char c) {
   return c > 32 && c < 127 && c != '(' && c != ')' && c != '<' && c != '>' && c != '@' && c != ',' && c != ';' &&
@@ -63,6 +75,20 @@ Cte ClassifyCte(std::string_view value) {
   return Cte::kUnknown;
 }
 
+// Charset labels equal ignoring ASCII case and an RFC 2231 "*language" suffix.
+bool SameCharset(std::string_view a, std::string_view b) {
+  a = a.substr(0, a.find('*'));
+  b = b.substr(0, b.find('*'));
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
+    if (x != y) return false;
+  }
+  return true;
+}
+
 std::size_t FindMsgIdEnd(std::string_view s, std::size_t lt) {
   const std::size_t gt = s.find('>', lt + 1);
   return gt;
@@ -84,17 +110,27 @@ void MimeParser::AddDefect(std::string_view defect) {
 }
 
 std::string_view MimeParser::Unfold(std::string_view value) {
-  if (std::memchr(value.data(), '\n', value.size()) == nullptr) return value;
+  const char* p = value.data();
+  const char* const end = p + value.size();
+  const char* nl = FindByte(p, end, '\n');
+  if (nl == nullptr) return value;
   char* out = msg_->arena.Allocate(value.size());
   std::size_t n = 0;
-  for (char c : value) {
-    if (c != '\r' && c != '\n') out[n++] = c;
+  while (true) {
+    const char* run_end = nl != nullptr ? nl : end;
+    if (run_end > p && run_end[-1] == '\r' && nl != nullptr) --run_end;
+    std::memcpy(out + n, p, static_cast<std::size_t>(run_end - p));
+    n += static_cast<std::size_t>(run_end - p);
+    if (nl == nullptr) break;
+    p = nl + 1;
+    nl = FindByte(p, end, '\n');
   }
   return {out, n};
 }
 
 std::string_view MimeParser::ToUtf8(std::string_view charset, std::string_view bytes, bool bytes_are_stable) {
-  if (CharsetConverter::IsUtf8Compatible(charset) && IsValidUtf8(bytes)) {
+  if (CharsetConverter::IsUtf8Compatible(charset) ? IsValidUtf8(bytes)
+                                                   : (CharsetConverter::IsAsciiCompatible(charset) && IsAscii(bytes))) {
     return bytes_are_stable ? bytes : msg_->arena.Copy(bytes);
   }
   text_.Clear();
@@ -169,7 +205,7 @@ std::string_view MimeParser::DecodeText(std::string_view text) {
       last_was_word = false;
       continue;
     }
-    if (words_.size() > 0 && !EqualsLower(charset, "") && charset != pending_charset) flush_words();
+    if (words_.size() > 0 && !SameCharset(charset, pending_charset)) flush_words();
     pending_charset = charset;
     const std::string_view payload = text.substr(q1 + 3, end - q1 - 3);
     DecodeStatus status;
@@ -257,7 +293,7 @@ std::string_view MimeParser::Unquote(std::string_view quoted) {
   return {out, n};
 }
 
-std::string_view MimeParser::GetParam(const ParamList& params, std::string_view name) {
+std::string_view MimeParser::GetParam(const ParamList& params, std::string_view name, bool decode_words) {
   // RFC 2231: name*=charset'lang'value, or sections name*0[*], name*1[*], ...
   const Param* sections[ParamList::kMax] = {};
   std::size_t section_count = 0;
@@ -285,7 +321,9 @@ std::string_view MimeParser::GetParam(const ParamList& params, std::string_view 
   if (extended == nullptr && section_count == 0) {
     if (plain == nullptr) return {};
     std::string_view v = plain->quoted ? Unquote(plain->value) : plain->value;
-    if (v.find("=?") != std::string_view::npos || !IsAscii(v)) v = DecodeText(v);
+    // Encoded words are not allowed in parameters, but mailers put them in file names; a
+    // boundary or charset is taken literally.
+    if (decode_words && (v.find("=?") != std::string_view::npos || !IsAscii(v))) v = DecodeText(v);
     return v;
   }
   // Collect the raw bytes, percent-decoding extended sections.
@@ -347,6 +385,21 @@ std::string_view MimeParser::GetParam(const ParamList& params, std::string_view 
   return msg_->arena.Copy(scratch_.view());
 }
 
+std::string_view MimeParser::MediaType(const ContentType& ct) {
+  // "type/subtype", lower-case; a view into the raw header when it already is.
+  std::string_view media;
+  if (ct.type.data() + ct.type.size() + 1 == ct.subtype.data() && ct.type.data()[ct.type.size()] == '/') {
+    media = std::string_view(ct.type.data(), ct.type.size() + 1 + ct.subtype.size());
+  } else {
+    char* out = msg_->arena.Allocate(ct.type.size() + 1 + ct.subtype.size());
+    std::memcpy(out, ct.type.data(), ct.type.size());
+    out[ct.type.size()] = '/';
+    std::memcpy(out + ct.type.size() + 1, ct.subtype.data(), ct.subtype.size());
+    media = std::string_view(out, ct.type.size() + 1 + ct.subtype.size());
+  }
+  return LowerCase(media, msg_->arena);
+}
+
 void MimeParser::ParseContentType(std::string_view value, bool digest_child, ContentType& out) {
   out.type = digest_child ? "message" : "text";
   out.subtype = digest_child ? "rfc822" : "plain";
@@ -375,9 +428,10 @@ void MimeParser::ParseContentType(std::string_view value, bool digest_child, Con
   out.type = type;
   out.subtype = subtype;
   i = SkipCfws(value, i);
+  // Parameters normally follow a ';'. When it is missing ("multipart/mixed boundary=x"), read them
+  // anyway: a lost boundary would cost the whole MIME tree.
   if (i < value.size() && value[i] != ';') AddDefect(defect::kMalformedContentType);
-  const std::size_t semi = value.find(';', i);
-  if (semi != std::string_view::npos) ParseParams(value.substr(semi + 1), out.params);
+  if (i < value.size()) ParseParams(value.substr(i), out.params);
 }
 
 std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& entity, std::size_t& field_count) {
@@ -399,12 +453,25 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
       continue;
     }
     const char* colon = p;
-    while (colon < content_end && IsFieldNameChar(*colon)) ++colon;
+    if (field_count == 0) {
+      while (colon < content_end && IsFieldNameChar(*colon)) ++colon;
+    } else {
+      while (colon < content_end && IsLenientFieldNameChar(*colon)) ++colon;
+    }
     const char* name_end = colon;
     while (colon < content_end && IsWsp(*colon)) ++colon;  // obs-optional: "Subject :"
     if (colon >= content_end || *colon != ':' || name_end == p) {
-      if (top && field_count == 0 && content_end - p >= 5 && std::memcmp(p, "From ", 5) == 0) {
-        p = nl != nullptr ? nl + 1 : end;  // mbox "From " separator line left in the message
+      if (field_count == 0 && content_end - p >= 5 && std::memcmp(p, "From ", 5) == 0) {
+        // mbox "From " separator line left in the message (or in an attached message)
+        p = nl != nullptr ? nl + 1 : end;
+        continue;
+      }
+      // A stray line inside the header block is skipped when a header field follows it (as GMime
+      // and mime4j do); otherwise the body started without the blank line.
+      const char* following = nl != nullptr ? nl + 1 : end;
+      if (field_count > 0 && LooksLikeField(following, end)) {
+        AddDefect(defect::kMalformedHeaderLine);
+        p = following;
         continue;
       }
       AddDefect(defect::kMissingHeaderBodySeparator);
@@ -413,12 +480,23 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
     // The value runs through continuation lines (those starting with SP or HT).
     const char* value_end = content_end;
     const char* next = nl != nullptr ? nl + 1 : end;
+    const char* separator_end = nullptr;  // set when a whitespace-only line ends the block
     while (next < end && IsWsp(*next)) {
       const char* nl2 = FindByte(next, end, '\n');
       const char* le = nl2 != nullptr ? nl2 : end;
+      const char* after = nl2 != nullptr ? nl2 + 1 : end;
+      const char* q = next;
+      while (q < le && IsSpace(*q)) ++q;
+      if (q == le && (after >= end || !IsWsp(*after))) {
+        // A whitespace-only line not followed by another continuation: a blank line with
+        // trailing spaces, i.e. the header/body separator (as GMime and most MUAs read it).
+        separator_end = after;
+        break;
+      }
       value_end = le > next && le[-1] == '\r' ? le - 1 : le;
-      next = nl2 != nullptr ? nl2 + 1 : end;
+      next = after;
     }
+    const bool folded = next != (nl != nullptr ? nl + 1 : end);
     const std::string_view name(p, static_cast<std::size_t>(name_end - p));
     std::string_view value(colon + 1, static_cast<std::size_t>(value_end - colon - 1));
     while (!value.empty() && IsSpace(value.front())) value.remove_prefix(1);
@@ -426,6 +504,7 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
     p = next;
     if (++field_count > limits_.max_headers) {
       AddDefect(defect::kTooManyHeaders);
+      if (separator_end != nullptr) return static_cast<std::size_t>(separator_end - base);
       continue;
     }
     if (name.size() >= 8 && (name[0] == 'c' || name[0] == 'C') && StartsWithLower(name, "content-")) {
@@ -440,14 +519,15 @@ std::size_t MimeParser::ParseHeaders(std::string_view data, bool top, Entity& en
         entity.has_disposition = true;
       }
     }
-    if (top) OnTopLevelField(name, value);
+    if (top) OnTopLevelField(name, value, folded);
+    if (separator_end != nullptr) return static_cast<std::size_t>(separator_end - base);
   }
   return data.size();
 }
 
-void MimeParser::OnTopLevelField(std::string_view name, std::string_view value) {
+void MimeParser::OnTopLevelField(std::string_view name, std::string_view value, bool folded) {
   Record& r = *record_;
-  r.headers.push_back(HeaderField{name, Unfold(value)});
+  r.headers.push_back(HeaderField{name, folded ? Unfold(value) : value});
   switch (name.size()) {
     case 2:
       if (EqualsLower(name, "to")) ParseAddressList(value, r.to);
@@ -555,7 +635,7 @@ void MimeParser::ParseAddressList(std::string_view v, std::vector<Address>& out)
     else overflow = true;
   };
   auto finish = [&] {
-    FinishMailbox(tokens, count, v, out);
+    FinishMailbox(tokens, count, out);
     count = 0;
   };
   std::size_t i = 0;
@@ -623,8 +703,9 @@ void MimeParser::ParseAddressList(std::string_view v, std::vector<Address>& out)
   if (overflow) AddDefect(defect::kMalformedAddress);
 }
 
-void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::string_view source,
+void MimeParser::FinishMailbox(const Token* tokens, std::size_t count,
                                std::vector<Address>& out) {
+  constexpr std::size_t kMaxRuns = 16;
   if (count == 0) return;
   engine::Arena& arena = msg_->arena;
   std::size_t angle = count;
@@ -665,8 +746,11 @@ void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::stri
       }
       if (single_spaces) return DecodeText(slice);
     }
-    // General case: join words with single spaces, unquoting quoted strings.
-    char* buffer = arena.Allocate(static_cast<std::size_t>(source.size()));
+    // General case: join words with single spaces, unquoting quoted strings. Sized by the words
+    // themselves (not the whole field), so a long list of names stays linear in memory.
+    std::size_t needed = 0;
+    for (std::size_t k = first; k <= last; ++k) needed += tokens[k].text.size() + 1;
+    char* buffer = arena.Allocate(needed);
     std::size_t len = 0;
     for (std::size_t k = first; k <= last; ++k) {
       if (tokens[k].kind != Token::kAtom && tokens[k].kind != Token::kQuoted) continue;
@@ -717,16 +801,64 @@ void MimeParser::FinishMailbox(const Token* tokens, std::size_t count, std::stri
     if (first == last && tokens[first].kind == Token::kAtom) {
       addr = tokens[first].text;
     } else {
-      // Obsolete "local . part @ domain" with spaces, or a quoted local part.
-      char* buffer = arena.Allocate(source.size() + 2 * count);
-      std::size_t len = 0;
+      // Obsolete "local . part @ domain" with spaces, or a quoted local part: tokens join into one
+      // addr-spec where one ends or the next starts with '.' or '@'. Separate runs are either
+      // several addresses missing their commas, or display-name words before a bare address.
+      struct Run {
+        std::size_t begin, end;  // token range
+        bool has_at;
+      };
+      Run runs[kMaxRuns];
+      std::size_t run_count = 0;
       for (std::size_t k = first; k <= last; ++k) {
         if (tokens[k].kind == Token::kComment) continue;
-        if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
-        for (char c : tokens[k].text) buffer[len++] = c;
-        if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
+        const std::string_view t = tokens[k].text;
+        bool joins = false;
+        if (run_count > 0) {
+          const std::string_view prev = tokens[runs[run_count - 1].end - 1].text;
+          joins = (!prev.empty() && (prev.back() == '.' || prev.back() == '@')) ||
+                  (!t.empty() && (t.front() == '.' || t.front() == '@'));
+        }
+        if (joins) {
+          runs[run_count - 1].end = k + 1;
+        } else if (run_count < kMaxRuns) {
+          runs[run_count++] = Run{k, k + 1, false};
+        } else {
+          runs[run_count - 1].end = k + 1;
+        }
+        if (t.find('@') != std::string_view::npos) runs[run_count - 1].has_at = true;
       }
-      addr = {buffer, len};
+      auto build = [&](const Run& run) -> std::string_view {
+        if (run.end - run.begin == 1 && tokens[run.begin].kind == Token::kAtom) return tokens[run.begin].text;
+        std::size_t needed = 0;
+        for (std::size_t k = run.begin; k < run.end; ++k) needed += tokens[k].text.size() + 2;
+        char* buffer = arena.Allocate(needed);
+        std::size_t len = 0;
+        for (std::size_t k = run.begin; k < run.end; ++k) {
+          if (tokens[k].kind == Token::kComment) continue;
+          if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
+          for (char c : tokens[k].text) buffer[len++] = c;
+          if (tokens[k].kind == Token::kQuoted) buffer[len++] = '"';
+        }
+        return {buffer, len};
+      };
+      std::size_t with_at = 0;
+      for (std::size_t r = 0; r < run_count; ++r) with_at += runs[r].has_at;
+      if (run_count > 1 && with_at >= 1) {
+        AddDefect(defect::kMalformedAddress);
+        std::size_t name_runs = 0;
+        while (name_runs < run_count && !runs[name_runs].has_at) ++name_runs;
+        for (std::size_t r = name_runs; r < run_count; ++r) {
+          if (!runs[r].has_at) continue;
+          Address extra;
+          if (r == name_runs && name_runs > 0) extra.name = phrase(runs[0].begin, runs[name_runs - 1].end);
+          extra.address = LowerCaseDomain(build(runs[r]), arena);
+          out.push_back(extra);
+        }
+        return;
+      }
+      Run all{first, last + 1, with_at > 0};
+      addr = build(all);
     }
     if (!comment.empty()) address.name = DecodeText(Trim(comment));
   }
@@ -778,12 +910,14 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
   }
   ContentType ct;
   ParseContentType(entity.content_type, digest_child, ct);
+  const std::size_t part_index = record_->parts.size();
+  record_->parts.push_back(MimePart{MediaType(ct), static_cast<std::uint32_t>(depth), 0});
   if (EqualsLower(ct.type, "multipart")) {
     if (depth >= limits_.max_depth) {
       AddDefect(defect::kNestingTooDeep);
       return;
     }
-    ParseMultipart(ct, body, depth, in_attached_message);
+    ParseMultipart(ct, body, depth, in_attached_message, part_index);
     return;
   }
   if (EqualsLower(ct.type, "message") && (EqualsLower(ct.subtype, "rfc822") || EqualsLower(ct.subtype, "global"))) {
@@ -793,7 +927,8 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
     }
     bool in_scratch = false;
     std::string_view inner = DecodeTransfer(entity.transfer_encoding, body, in_scratch);
-    if (in_scratch) inner = msg_->arena.Copy(inner);  // nested views must outlive the scratch
+    if (in_scratch) inner = msg_->arena.Copy(inner);
+    record_->parts[part_index].decoded_size = inner.size();  // nested views must outlive the scratch
     // The message part itself is an attachment when it has a filename or a non-inline disposition.
     std::string_view filename;
     bool attachment = false;
@@ -801,27 +936,27 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
       ParamList params;
       const std::size_t semi = entity.disposition.find(';');
       if (semi != std::string_view::npos) ParseParams(entity.disposition.substr(semi + 1), params);
-      filename = GetParam(params, "filename");
+      filename = GetParam(params, "filename", true);
       const std::string_view kind = Trim(entity.disposition.substr(0, semi));
       attachment = !kind.empty() && !EqualsLower(kind, "inline");
     }
-    if (filename.empty()) filename = GetParam(ct.params, "name");
+    if (filename.empty()) filename = GetParam(ct.params, "name", true);
     if (attachment || !filename.empty()) {
-      AddAttachment(*record_, filename, LowerCase("message/rfc822", msg_->arena), inner);
+      AddAttachment(*record_, filename, record_->parts[part_index].content_type, inner);
     }
     ParseEntity(inner, depth + 1, false, /*in_attached_message=*/true);
     return;
   }
-  ParseLeaf(entity, ct, body, in_attached_message);
+  ParseLeaf(entity, ct, body, in_attached_message, part_index);
 }
 
 void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth,
-                                bool in_attached_message) {
-  const std::string_view boundary = GetParam(ct.params, "boundary");
+                                bool in_attached_message, std::size_t part_index) {
+  const std::string_view boundary = GetParam(ct.params, "boundary", false);
   Entity as_text;
-  if (boundary.empty() || boundary.size() > 200) {
+  if (boundary.empty() || boundary.size() > kMaxBoundary) {
     AddDefect(defect::kMissingBoundary);
-    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message);
+    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message, part_index);
     return;
   }
   const bool digest = EqualsLower(ct.subtype, "digest");
@@ -833,19 +968,23 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
   std::size_t part_begin = std::string_view::npos;  // start of the current part's content
   bool found_any = false;
   bool closed = false;
-  while (search + 2 + boundary.size() <= n) {
-    const void* hit = memmem(base + search, n - search, "--", 2);
+  char delimiter[2 + kMaxBoundary];
+  delimiter[0] = delimiter[1] = '-';
+  std::memcpy(delimiter + 2, boundary.data(), boundary.size());
+  const std::size_t delimiter_size = 2 + boundary.size();
+  while (search + delimiter_size <= n) {
+    const void* hit = memmem(base + search, n - search, delimiter, delimiter_size);
     if (hit == nullptr) break;
     const std::size_t at = static_cast<std::size_t>(static_cast<const char*>(hit) - base);
     search = at + 1;
     if (at > 0 && base[at - 1] != '\n') continue;
-    if (at + 2 + boundary.size() > n || std::memcmp(base + at + 2, boundary.data(), boundary.size()) != 0) continue;
     std::size_t after = at + 2 + boundary.size();
     const bool is_close = n - after >= 2 && base[after] == '-' && base[after + 1] == '-';
     if (is_close) after += 2;
+    // "--boundaryX..." is a longer boundary, not this one; anything after whitespace is ignored
+    // (RFC 2046 5.1.1: the boundary need only appear in its entirety at the start of the line).
+    if (after < n && !IsSpace(base[after])) continue;
     std::size_t k = after;
-    while (k < n && IsWsp(base[k])) ++k;
-    if (k < n && base[k] != '\r' && base[k] != '\n') continue;  // "--boundaryX": a longer boundary
     // The line break before the delimiter belongs to the delimiter.
     if (part_begin != std::string_view::npos) {
       std::size_t part_end = at;
@@ -865,7 +1004,7 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
   }
   if (!found_any) {
     AddDefect(defect::kBoundaryNotFound);
-    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message);
+    ParseLeaf(as_text, ContentType{"text", "plain", {}}, body, in_attached_message, part_index);
     return;
   }
   if (!closed) {
@@ -877,7 +1016,7 @@ void MimeParser::ParseMultipart(const ContentType& ct, std::string_view body, st
 }
 
 void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body,
-                           bool in_attached_message) {
+                           bool in_attached_message, std::size_t part_index) {
   std::string_view filename;
   bool non_inline = false;
   if (entity.has_disposition) {
@@ -887,10 +1026,10 @@ void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::str
     if (semi != std::string_view::npos) {
       ParamList params;
       ParseParams(entity.disposition.substr(semi + 1), params);
-      filename = GetParam(params, "filename");
+      filename = GetParam(params, "filename", true);
     }
   }
-  if (filename.empty()) filename = GetParam(ct.params, "name");
+  if (filename.empty()) filename = GetParam(ct.params, "name", true);
   const bool attachment = non_inline || !filename.empty();
   const bool is_text = EqualsLower(ct.type, "text");
   const bool plain = is_text && EqualsLower(ct.subtype, "plain");
@@ -899,22 +1038,10 @@ void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::str
 
   bool in_scratch = false;
   const std::string_view decoded = DecodeTransfer(entity.transfer_encoding, body, in_scratch);
-  if (attachment) {
-    // "type/subtype", lower-case; a view into the raw header when it already is.
-    std::string_view media;
-    if (ct.type.data() + ct.type.size() + 1 == ct.subtype.data() && ct.type.data()[ct.type.size()] == '/') {
-      media = std::string_view(ct.type.data(), ct.type.size() + 1 + ct.subtype.size());
-    } else {
-      char* out = msg_->arena.Allocate(ct.type.size() + 1 + ct.subtype.size());
-      std::memcpy(out, ct.type.data(), ct.type.size());
-      out[ct.type.size()] = '/';
-      std::memcpy(out + ct.type.size() + 1, ct.subtype.data(), ct.subtype.size());
-      media = std::string_view(out, ct.type.size() + 1 + ct.subtype.size());
-    }
-    AddAttachment(*record_, filename, LowerCase(media, msg_->arena), decoded);
-  }
+  record_->parts[part_index].decoded_size = decoded.size();
+  if (attachment) AddAttachment(*record_, filename, record_->parts[part_index].content_type, decoded);
   if (!body_candidate) return;
-  const std::string_view charset = GetParam(ct.params, "charset");
+  const std::string_view charset = GetParam(ct.params, "charset", false);
   if (!in_scratch && ClassifyCte(entity.transfer_encoding) == Cte::kIdentity &&
       EqualsLower(Trim(entity.transfer_encoding), "7bit") && !IsAscii(decoded)) {
     AddDefect(defect::kEightBitIn7Bit);

@@ -26,6 +26,8 @@
 
 namespace mailrail::stages {
 
+// ParseLimits: bounds that keep hostile input linear; exceeding one is a defect, not an error
+// (max_message_bytes: parse_failed "too_large").
 struct ParseLimits {
   std::size_t max_message_bytes = 256u << 20;
   std::size_t max_depth = 32;       // nested multiparts / message/rfc822
@@ -68,22 +70,26 @@ class MimeParser {
 
   // Parses the header block at the start of `data`; returns the offset of the body.
   std::size_t ParseHeaders(std::string_view data, bool top, Entity& entity, std::size_t& field_count);
-  void OnTopLevelField(std::string_view name, std::string_view value);
+  void OnTopLevelField(std::string_view name, std::string_view value, bool folded);
   void ParseBody(const Entity& entity, std::string_view body, std::size_t depth, bool digest_child,
                  bool in_attached_message);
   void ParseEntity(std::string_view data, std::size_t depth, bool digest_child, bool in_attached_message);
-  void ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth, bool in_attached_message);
-  void ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body, bool in_attached_message);
+  void ParseMultipart(const ContentType& ct, std::string_view body, std::size_t depth, bool in_attached_message,
+                      std::size_t part_index);
+  void ParseLeaf(const Entity& entity, const ContentType& ct, std::string_view body, bool in_attached_message,
+                 std::size_t part_index);
+  std::string_view MediaType(const ContentType& ct);
   void ParseContentType(std::string_view value, bool digest_child, ContentType& out);
   void ParseParams(std::string_view rest, ParamList& out);
   // Value of parameter `name` (lower-case), joining RFC 2231 sections and decoding charsets.
-  std::string_view GetParam(const ParamList& params, std::string_view name);
+  // `decode_words`: also decode RFC 2047 words in a plain value (file names).
+  std::string_view GetParam(const ParamList& params, std::string_view name, bool decode_words);
   std::string_view Unquote(std::string_view quoted);
   std::string_view Unfold(std::string_view value);
   // RFC 2047 decoding of unstructured text (or a phrase) to UTF-8; a view when nothing changes.
   std::string_view DecodeText(std::string_view text);
   void ParseAddressList(std::string_view value, std::vector<Address>& out);
-  void FinishMailbox(const Token* tokens, std::size_t count, std::string_view source, std::vector<Address>& out);
+  void FinishMailbox(const Token* tokens, std::size_t count, std::vector<Address>& out);
   std::string_view DecodeTransfer(std::string_view cte, std::string_view body, bool& decoded_in_scratch);
   std::string_view ToUtf8(std::string_view charset, std::string_view bytes, bool bytes_are_stable);
   void AddDefect(std::string_view defect);

@@ -30,6 +30,15 @@ struct Attachment {
   bool has_sha256 = false;        // false when the bytes were not in the input (Graph without contentBytes)
 };
 
+// One MIME entity of the message tree, in pre-order (root first). Containers (multipart/*) and
+// message/rfc822 entities are listed too; the root of an attached message follows its
+// message/rfc822 entity with depth + 1.
+struct MimePart {
+  std::string_view content_type;  // "type/subtype", lower-case (defaults applied: text/plain)
+  std::uint32_t depth = 0;        // 0 = the message itself
+  std::uint64_t decoded_size = 0; // transfer-decoded bytes of a leaf; 0 for containers
+};
+
 // A header field as it appears in the message: name and unfolded-or-raw value, both views.
 struct HeaderField {
   std::string_view name;
@@ -68,6 +77,7 @@ struct Record {
   std::vector<HeaderField> headers;  // top-level header fields in order (Graph: none)
   std::string_view body_text;        // decoded first text/plain part, or text/html stripped of tags
   std::optional<std::string_view> graph_id;  // Graph `id`, dedup fallback
+  std::vector<MimePart> parts;               // MIME tree in pre-order (Graph: none)
 
   // Set by dedup and filter.
   Fingerprint dedup_key;
@@ -93,6 +103,7 @@ struct Record {
     headers.clear();
     body_text = {};
     graph_id.reset();
+    parts.clear();
     dedup_key = {};
     labels.clear();
     rules.clear();

@@ -380,6 +380,13 @@ std::size_t ReplaySource::RunOnce() {
   }
   if (!outbox_.Flush()) return 0;
   if (stop_.load(std::memory_order_acquire)) return 0;
+  if (!started_) {
+    if (options_.start_gate && !options_.start_gate()) {
+      deadline_ = engine::Clock::now() + std::chrono::milliseconds(1);
+      return 0;
+    }
+    started_ = true;
+  }
   if (start_time_ == engine::Clock::time_point{}) start_time_ = engine::Clock::now();
 
   std::size_t emitted = 0;

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,6 +56,9 @@ struct ReplayOptions {
   std::string checkpoint_path;   // empty: no checkpoint
   std::size_t max_message_bytes = 64 << 20;
   std::size_t batch = 64;        // messages per RunOnce
+  // Reading starts once this returns true (set: the WAL recovery has finished, so the replay
+  // cannot take the pool's slots from the recovery the WAL stage is waiting for).
+  std::function<bool()> start_gate;
 };
 
 // Counters owned by the source thread; read by stats with relaxed loads.
@@ -145,6 +149,7 @@ class ReplaySource final : public engine::Stage, public DurableAckSink {
   engine::Clock::time_point deadline_ = engine::Clock::time_point::max();
 
   std::atomic<bool> stop_{false};
+  bool started_ = false;  // start_gate has opened
   ReplayCounters counters_;
 };
 

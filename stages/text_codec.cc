@@ -60,6 +60,7 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
   const auto* const end = p + in.size();
   std::uint32_t acc = 0;
   int bits = 0;  // number of sextets in acc (0..3)
+  bool padded = false;
   while (p < end) {
     // Fast path: four alphabet characters at a sextet boundary.
     if (bits == 0) {
@@ -89,6 +90,7 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
     } else if (v == kB64Skip) {
       continue;
     } else if (v == kB64Pad) {
+      padded = true;
       // Padding ends the data; anything but more padding and whitespace afterwards is invalid.
       while (p < end && (kBase64[*p] == kB64Pad || kBase64[*p] == kB64Skip)) ++p;
       if (p < end) status.invalid = true;
@@ -97,9 +99,10 @@ DecodeStatus DecodeBase64(std::string_view in, ScratchBuffer& out) {
       status.invalid = true;
     }
   }
-  if (bits == 1) {
-    status.truncated = true;  // 6 bits cannot form a byte
-  } else if (bits == 2) {
+  // A dangling 1-3 characters without '=' padding: the message was cut (or the encoder omitted
+  // padding). Whole bytes in the tail are kept; 6 bits cannot form one.
+  if (bits != 0 && !padded) status.truncated = true;
+  if (bits == 2) {
     *dst++ = static_cast<std::uint8_t>(acc >> 4);
   } else if (bits == 3) {
     *dst++ = static_cast<std::uint8_t>(acc >> 10);
@@ -225,6 +228,16 @@ void AppendRepairedUtf8(std::string_view in, ScratchBuffer& out) {
   char* dst = out.Extend(in.size() * 3);
   char* const begin = dst;
   while (p < end) {
+    if (end - p >= 8) {
+      std::uint64_t w;
+      std::memcpy(&w, p, 8);
+      if ((w & 0x8080808080808080ull) == 0) {
+        std::memcpy(dst, p, 8);
+        dst += 8;
+        p += 8;
+        continue;
+      }
+    }
     const std::size_t n = Utf8SequenceLength(p, end);
     if (n == 0) {
       *dst++ = '\xEF';
@@ -241,6 +254,10 @@ void AppendRepairedUtf8(std::string_view in, ScratchBuffer& out) {
 }
 
 void AppendLatin1AsUtf8(std::string_view in, ScratchBuffer& out) {
+  if (IsAscii(in)) {
+    out.Append(in);
+    return;
+  }
   char* dst = out.Extend(in.size() * 2);
   char* const begin = dst;
   for (unsigned char c : in) {
@@ -310,15 +327,7 @@ std::size_t AppendEntity(std::string_view html, std::size_t i, ScratchBuffer& ou
   return 0;
 }
 
-bool TagNameIs(std::string_view html, std::size_t name_begin, std::string_view lower) {
-  if (!StartsWithLower(html.substr(name_begin), lower)) return false;
-  const std::size_t after = name_begin + lower.size();
-  return after >= html.size() || !((html[after] >= 'a' && html[after] <= 'z') ||
-                                   (html[after] >= 'A' && html[after] <= 'Z') ||
-                                   (html[after] >= '0' && html[after] <= '9'));
-}
-
-// Case-insensitive search for `lower` (lower-case ASCII) in `s` from `from`.
+// Case-insensitive search for `lower` (lower-case ASCII, starting with '<') in `s` from `from`.
 std::size_t FindLower(std::string_view s, std::string_view lower, std::size_t from) {
   while (from < s.size()) {
     const std::size_t lt = s.find('<', from);
@@ -329,11 +338,43 @@ std::size_t FindLower(std::string_view s, std::string_view lower, std::size_t fr
   return std::string_view::npos;
 }
 
+enum class Tag { kOther, kBreak, kScript, kStyle };
+
+// Classifies the tag whose name starts at html[i] (after '<' or '</').
+Tag ClassifyTag(std::string_view html, std::size_t i) {
+  char name[8];
+  std::size_t n = 0;
+  while (i < html.size() && n < sizeof(name)) {
+    char c = html[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) break;
+    name[n++] = c;
+    ++i;
+  }
+  const std::string_view tag(name, n);
+  switch (n) {
+    case 1:
+      return tag == "p" ? Tag::kBreak : Tag::kOther;
+    case 2:
+      return tag == "br" || tag == "tr" || tag == "li" || tag == "h1" || tag == "h2" || tag == "h3" ? Tag::kBreak
+                                                                                                    : Tag::kOther;
+    case 3:
+      return tag == "div" ? Tag::kBreak : Tag::kOther;
+    case 5:
+      return tag == "style" ? Tag::kStyle : Tag::kOther;
+    case 6:
+      return tag == "script" ? Tag::kScript : Tag::kOther;
+    default:
+      return Tag::kOther;
+  }
+}
+
 }  // namespace
 
 void AppendHtmlText(std::string_view html, ScratchBuffer& out) {
   std::size_t i = 0;
-  while (i < html.size()) {
+  const std::size_t n = html.size();
+  while (i < n) {
     const char c = html[i];
     if (c == '&') {
       const std::size_t used = AppendEntity(html, i, out);
@@ -346,8 +387,10 @@ void AppendHtmlText(std::string_view html, ScratchBuffer& out) {
       continue;
     }
     if (c != '<') {
-      std::size_t j = i + 1;
-      while (j < html.size() && html[j] != '<' && html[j] != '&') ++j;
+      const void* lt = std::memchr(html.data() + i, '<', n - i);
+      std::size_t j = lt == nullptr ? n : static_cast<std::size_t>(static_cast<const char*>(lt) - html.data());
+      const void* amp = std::memchr(html.data() + i, '&', j - i);
+      if (amp != nullptr) j = static_cast<std::size_t>(static_cast<const char*>(amp) - html.data());
       out.Append(html.substr(i, j - i));
       i = j;
       continue;
@@ -355,28 +398,23 @@ void AppendHtmlText(std::string_view html, ScratchBuffer& out) {
     // A tag, comment or declaration.
     if (html.substr(i, 4) == "<!--") {
       const std::size_t close = html.find("-->", i + 4);
-      i = close == std::string_view::npos ? html.size() : close + 3;
+      i = close == std::string_view::npos ? n : close + 3;
       continue;
     }
     std::size_t name_begin = i + 1;
-    const bool closing = name_begin < html.size() && html[name_begin] == '/';
+    const bool closing = name_begin < n && html[name_begin] == '/';
     if (closing) ++name_begin;
-    const bool script = !closing && TagNameIs(html, name_begin, "script");
-    const bool style = !closing && TagNameIs(html, name_begin, "style");
-    if (TagNameIs(html, name_begin, "br") || TagNameIs(html, name_begin, "p") ||
-        TagNameIs(html, name_begin, "div") || TagNameIs(html, name_begin, "tr") ||
-        TagNameIs(html, name_begin, "li")) {
-      out.Push('\n');
-    }
-    const std::size_t gt = html.find('>', i + 1);
-    i = gt == std::string_view::npos ? html.size() : gt + 1;
-    if (script || style) {
-      const std::size_t close = FindLower(html, script ? "</script" : "</style", i);
+    const Tag tag = ClassifyTag(html, name_begin);
+    if (tag == Tag::kBreak) out.Push('\n');
+    const void* gt = i + 1 < n ? std::memchr(html.data() + i + 1, '>', n - i - 1) : nullptr;
+    i = gt == nullptr ? n : static_cast<std::size_t>(static_cast<const char*>(gt) - html.data()) + 1;
+    if (!closing && (tag == Tag::kScript || tag == Tag::kStyle)) {
+      const std::size_t close = FindLower(html, tag == Tag::kScript ? "</script" : "</style", i);
       if (close == std::string_view::npos) {
-        i = html.size();
+        i = n;
       } else {
         const std::size_t end_gt = html.find('>', close);
-        i = end_gt == std::string_view::npos ? html.size() : end_gt + 1;
+        i = end_gt == std::string_view::npos ? n : end_gt + 1;
       }
     }
   }
@@ -406,6 +444,28 @@ void AppendPreview(std::string_view text, std::size_t max_chars, ScratchBuffer& 
       if (chars >= max_chars) break;
     }
     pending_space = false;
+    if (c < 0x80) {
+      // A run of printable ASCII: copy it in one go.
+      std::size_t j = i + 1;
+      const std::size_t limit = std::min(n, i + (max_chars - chars));
+      // Eight bytes at a time while none is <= ' ' or >= 0x80 (SWAR "has byte less than").
+      while (limit - j >= 8) {
+        std::uint64_t w;
+        std::memcpy(&w, text.data() + j, 8);
+        const std::uint64_t below = (w - 0x2121212121212121ull) & ~w & 0x8080808080808080ull;
+        if ((below | (w & 0x8080808080808080ull)) != 0) break;
+        j += 8;
+      }
+      while (j < limit) {
+        const unsigned char d = static_cast<unsigned char>(text[j]);
+        if (d >= 0x80 || d <= ' ') break;
+        ++j;
+      }
+      out.Append(text.substr(i, j - i));
+      chars += j - i;
+      i = j;
+      continue;
+    }
     std::size_t len = 1;
     if (c >= 0xF0) len = 4; else if (c >= 0xE0) len = 3; else if (c >= 0xC0) len = 2;
     len = std::min(len, n - i);

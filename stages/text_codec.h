@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string_view>
 
@@ -24,8 +25,8 @@ class ScratchBuffer {
   }
   void Commit(std::size_t bytes) { size_ += bytes; }
   void Append(std::string_view s) {
-    char* out = Extend(s.size());
-    for (std::size_t i = 0; i < s.size(); ++i) out[i] = s[i];
+    if (s.empty()) return;
+    std::memcpy(Extend(s.size()), s.data(), s.size());
     size_ += s.size();
   }
   void Push(char c) {
@@ -45,6 +46,7 @@ class ScratchBuffer {
   std::size_t capacity_ = 0;
 };
 
+// DecodeStatus: what a lenient decoder skipped or could not finish (the caller maps it to defects).
 struct DecodeStatus {
   bool invalid = false;    // characters outside the encoding's alphabet (skipped)
   bool truncated = false;  // input ended inside a unit (partial quantum / escape)

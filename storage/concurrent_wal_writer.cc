@@ -10,24 +10,57 @@ base::Result<std::unique_ptr<ConcurrentWalWriter>> ConcurrentWalWriter::Open(Wal
   return std::unique_ptr<ConcurrentWalWriter>(new ConcurrentWalWriter(std::move(writer.value())));
 }
 
-ConcurrentWalWriter::ConcurrentWalWriter(std::unique_ptr<WalWriter> writer)
-    : writer_(std::move(writer)), thread_([this] { CommitLoop(); }) {}
+ConcurrentWalWriter::~ConcurrentWalWriter() = default;
 
-ConcurrentWalWriter::~ConcurrentWalWriter() {
-  {
-    std::lock_guard lock(mutex_);
-    stop_ = true;
-    writer_->Wake();
-  }
-  thread_.join();
+void ConcurrentWalWriter::Park(std::unique_lock<std::mutex>& lock, std::uint64_t lsn) {
+  Waiter waiter;
+  waiter.lsn = lsn;
+  waiters_.push_back(&waiter);
+  lock.unlock();
+  waiter.wake.acquire();  // whoever woke us removed us from waiters_
+  lock.lock();
 }
 
-void ConcurrentWalWriter::WakeCommitThreadLocked() {
-  // A thread waiting for an in-flight group wakes on its completion anyway.
-  if (commit_thread_sleeping_ && !writer_->commit_in_flight()) {
-    commit_thread_sleeping_ = false;
-    writer_->Wake();
+void ConcurrentWalWriter::WakeDurable() {
+  const std::uint64_t durable = writer_->durable_lsn();
+  const bool failed = writer_->failure() != nullptr;
+  std::erase_if(waiters_, [&](Waiter* w) {
+    if (w->lsn > durable && !failed) return false;
+    w->wake.release();
+    return true;
+  });
+}
+
+void ConcurrentWalWriter::HandOver() {
+  if (waiters_.empty()) return;
+  Waiter* next = waiters_.front();
+  waiters_.erase(waiters_.begin());
+  next->wake.release();
+}
+
+void ConcurrentWalWriter::Lead(std::unique_lock<std::mutex>& lock, std::uint64_t lsn) {
+  has_leader_ = true;
+  while (writer_->durable_lsn() < lsn && writer_->failure() == nullptr) {
+    const std::uint64_t before = writer_->durable_lsn();
+    writer_->Poll(Clock::now());  // reap, then submit the open group if none is in flight
+    if (writer_->durable_lsn() != before || writer_->failure() != nullptr) WakeDurable();
+    if (writer_->durable_lsn() >= lsn) break;
+    std::chrono::microseconds timeout(10'000);  // a completion ends the wait sooner
+    if (!writer_->commit_in_flight()) {  // lingering: sleep until the group's deadline
+      timeout = std::max(std::chrono::microseconds(0), std::chrono::duration_cast<std::chrono::microseconds>(
+                                                            writer_->next_deadline() - Clock::now()));
+    }
+    lock.unlock();
+    if (writer_->commit_in_flight()) {
+      writer_->WaitForCompletion(timeout);  // only the leader touches the ring while unlocked
+    } else {
+      writer_->WaitForEvent(timeout);
+    }
+    lock.lock();
   }
+  has_leader_ = false;
+  WakeDurable();
+  HandOver();  // a follower whose record is not yet durable takes over
 }
 
 base::Result<std::uint64_t> ConcurrentWalWriter::AppendAndWait(const WalMessage& m) {
@@ -41,11 +74,15 @@ base::Result<std::uint64_t> ConcurrentWalWriter::AppendAndWait(const WalMessage&
         lsn = appended.lsn;
         break;
       case WalWriter::AppendStatus::kGroupFull:
-        WakeCommitThreadLocked();
-        durable_.wait(lock);
+        if (!has_leader_) {
+          writer_->Poll(Clock::now());  // submits the full group if none is in flight
+          if (writer_->commit_in_flight()) Lead(lock, writer_->last_appended_lsn());
+        } else {
+          Park(lock, 0);
+        }
         continue;
       case WalWriter::AppendStatus::kDiskFull:
-        if (!retried_full) {  // retention may free space for a forwarded LSN set meanwhile
+        if (!retried_full && !has_leader_) {  // retention may free space for a new forwarded LSN
           retried_full = true;
           writer_->Poll(Clock::now());
           continue;
@@ -58,44 +95,15 @@ base::Result<std::uint64_t> ConcurrentWalWriter::AppendAndWait(const WalMessage&
     }
     break;
   }
-  WakeCommitThreadLocked();
-  durable_.wait(lock, [&] { return writer_->durable_lsn() >= lsn || writer_->failure() != nullptr; });
+  while (writer_->durable_lsn() < lsn && writer_->failure() == nullptr) {
+    if (!has_leader_) {
+      Lead(lock, lsn);
+    } else {
+      Park(lock, lsn);
+    }
+  }
   if (writer_->durable_lsn() < lsn) return base::MakeError("wal.failed", writer_->failure()->message);
   return lsn;
-}
-
-void ConcurrentWalWriter::CommitLoop() {
-  std::unique_lock lock(mutex_);
-  for (;;) {
-    const std::uint64_t before = writer_->durable_lsn();
-    const bool was_in_flight = writer_->commit_in_flight();
-    writer_->Poll(Clock::now());
-    if (writer_->durable_lsn() != before || (was_in_flight && !writer_->commit_in_flight()) ||
-        writer_->failure() != nullptr) {
-      durable_.notify_all();
-    }
-    if (stop_ && (!writer_->has_unsubmitted() || writer_->failure() != nullptr) && !writer_->commit_in_flight()) {
-      break;
-    }
-    std::chrono::microseconds timeout(100'000);
-    if (writer_->commit_in_flight()) {
-      timeout = std::chrono::microseconds(10'000);  // woken by the completion's event fd
-    } else if (writer_->has_unsubmitted()) {
-      const auto until = writer_->next_deadline() - Clock::now();
-      timeout = std::max(std::chrono::microseconds(0), std::chrono::duration_cast<std::chrono::microseconds>(until));
-      if (stop_) timeout = std::chrono::microseconds(0);
-    }
-    if (writer_->failure() != nullptr) timeout = std::chrono::microseconds(100'000);
-    if (timeout.count() == 0 && writer_->has_unsubmitted() && !writer_->commit_in_flight()) {
-      if (stop_) writer_->Flush();
-      continue;
-    }
-    commit_thread_sleeping_ = true;
-    lock.unlock();
-    writer_->WaitForEvent(timeout);
-    lock.lock();
-    commit_thread_sleeping_ = false;
-  }
 }
 
 }  // namespace mailrail::storage

@@ -26,7 +26,7 @@ base::Result<SegmentReader> SegmentReader::Open(const std::string& path) {
   reader.path_ = path;
   reader.size_ = static_cast<std::uint64_t>(st.st_size);
   if (reader.size_ > 0) {
-    void* map = ::mmap(nullptr, reader.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* map = ::mmap(nullptr, reader.size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     if (map == MAP_FAILED) {
       const int err = errno;
       ::close(fd);

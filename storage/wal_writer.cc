@@ -89,6 +89,11 @@ base::Result<std::unique_ptr<WalWriter>> WalWriter::Open(WalConfig config) {
     return Errno("wal.io_uring", "io_uring_queue_init", -rc);
   }
   w.ring_ready_ = true;
+  // One io-wq worker per bounded class runs every write and fdatasync, in order, on one thread:
+  // concurrency buys nothing for a single in-flight group, and ext4's journal batches (sleeps)
+  // when it sees sync writers with changing thread ids.
+  unsigned max_workers[2] = {1, 1};
+  io_uring_register_iowq_max_workers(&w.ring_, max_workers);
   w.event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (w.event_fd_ < 0) return Errno("wal.eventfd", "eventfd", errno);
   if (const int rc = io_uring_register_eventfd(&w.ring_, w.event_fd_); rc < 0) {
@@ -338,6 +343,10 @@ void WalWriter::Submit() {
     MR_CHECK(write != nullptr) << "io_uring submission queue full";
     io_uring_prep_writev(write, part.fd, &iovecs_[i], 1, part.file_offset);
     write->user_data = 2 * i;
+    // IOSQE_ASYNC: the copy into the page cache runs on the io-wq worker (which runs the linked
+    // fdatasync next anyway), not inline in io_uring_submit, so the submitting thread, which may
+    // hold ConcurrentWalWriter's mutex, returns at once.
+    write->flags |= IOSQE_ASYNC;
     if (sync || more) write->flags |= IOSQE_IO_LINK;
     if (sync) {
       io_uring_sqe* fsync = io_uring_get_sqe(&ring_);
@@ -475,6 +484,13 @@ void WalWriter::WaitForEvent(std::chrono::microseconds timeout) const {
     std::uint64_t value = 0;
     [[maybe_unused]] const ssize_t rc = ::read(event_fd_, &value, sizeof(value));
   }
+}
+
+void WalWriter::WaitForCompletion(std::chrono::microseconds timeout) {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+  __kernel_timespec ts{ns / 1'000'000'000, ns % 1'000'000'000};
+  io_uring_cqe* cqe = nullptr;
+  io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);  // the CQE stays queued; Poll reaps it
 }
 
 void WalWriter::Wake() const {

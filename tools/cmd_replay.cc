@@ -75,6 +75,7 @@ int RunReplay(const ReplayFlags& flags) {
   options.rate = flags.rate;
   options.pace = flags.pace;
   options.max_message_bytes = p.max_message_bytes();
+  options.start_gate = [&p] { return p.recovery_finished(); };
   options.checkpoint_path = flags.fresh ? "" : (std::filesystem::path(flags.data_dir) / "replay.checkpoint").string();
   auto source = stages::ReplaySource::Create(std::move(options), &p.pool(), p.ingest());
   if (!source) {

@@ -22,6 +22,10 @@ placement = "auto"
 [limits]
 in_flight_mib = 256
 
+[http]
+listen = "127.0.0.1"
+port = 8025
+
 [stats]
 # socket defaults to <data_dir>/mailrail.sock
 
@@ -239,6 +243,24 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     r.Get("url", config.sink.url);
     if (config.sink.kind == "http" && config.sink.url.empty()) {
       r.Fail(*t->get("kind"), "url", "is required when sink.kind = \"http\"");
+    }
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("http")) {
+    TableReader r(*t, file, "http.", errors);
+    r.Get("enabled", config.http.enabled);
+    r.Get("listen", config.http.listen);
+    r.GetRange("port", config.http.port, 0, 65535);
+    std::size_t body_mib = config.http.max_body_bytes >> 20;
+    r.GetRange("max_body_mib", body_mib, 1, 1024);
+    config.http.max_body_bytes = body_mib << 20;
+    r.GetRange("max_connections", config.http.max_connections, 1, 1u << 20);
+    r.Get("bearer_token", config.http.bearer_token);
+    r.Get("graph_client_state", config.http.graph_client_state);
+    r.Get("tls_cert", config.http.tls_cert);
+    r.Get("tls_key", config.http.tls_key);
+    if (config.http.tls_cert.empty() != config.http.tls_key.empty()) {
+      r.Fail(*t, "tls_cert", "tls_cert and tls_key go together");
     }
     r.RejectUnknown();
   }

@@ -42,6 +42,18 @@ struct DaemonConfig {
     std::string url;             // http: base URL of the downstream
   } sink;
 
+  struct Http {
+    bool enabled = true;
+    std::string listen = "127.0.0.1";
+    std::size_t port = 8025;
+    std::size_t max_body_bytes = 32u << 20;
+    std::size_t max_connections = 4096;
+    std::string bearer_token;        // control API; empty: no authentication
+    std::string graph_client_state;  // Graph subscriptions' clientState secret
+    std::string tls_cert;            // both set: HTTPS
+    std::string tls_key;
+  } http;
+
   struct Log {
     std::string format = "kv";  // kv | json
     std::string level = "info"; // debug | info | warn | error

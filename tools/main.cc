@@ -5,7 +5,9 @@
 
 #include "tools/cmd_dlq.h"
 #include "tools/cmd_replay.h"
+#include "tools/cmd_run.h"
 #include "tools/cmd_stats.h"
+#include "tools/cmd_wal.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mailrail: crash-safe email ingestion engine"};
@@ -13,9 +15,11 @@ int main(int argc, char** argv) {
   app.add_subcommand("version", "Print the version")->callback([] {
     fmt::print("mailrail 0.1.0 (mimalloc {})\n", mi_version());
   });
+  mailrail::tools::AddRunCommand(app);
   mailrail::tools::AddReplayCommand(app);
-  mailrail::tools::AddDlqCommands(app);
   mailrail::tools::AddStatsCommands(app);
+  mailrail::tools::AddDlqCommands(app);
+  mailrail::tools::AddWalCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

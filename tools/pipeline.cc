@@ -73,7 +73,6 @@ void Pipeline::AddSource(std::unique_ptr<engine::Stage> source) {
 }
 
 base::Status Pipeline::Start() {
-  MR_CHECK(has_source_) << "Pipeline::Start without a source";
   engine::Topology& t = topology_;
   t.AddStage(std::make_unique<stages::WalStage>(writer_.get(), recovered_, ingest_, durable_), {recovered_, ingest_},
              {durable_});

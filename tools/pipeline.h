@@ -50,8 +50,13 @@ class Pipeline {
   // Largest message the WAL accepts; sources reject larger ones (counted) before ingest.
   std::size_t max_message_bytes() const;
 
-  // Adds the source stage; call once, before Start.
+  // Adds the source stage; call once, before Start. Without one, the ingest channel is fed by a
+  // thread outside the topology (the network loop), which calls CloseIngest when it stops.
   void AddSource(std::unique_ptr<engine::Stage> source);
+  void CloseIngest() { ingest_->Close(); }
+  // True once every record the WAL held at start has been re-fed. Sources start taking input
+  // only then, so they cannot take the message pool from the recovery. Any thread.
+  bool recovery_finished() const { return recovered_->is_closed(); }
   // WAL segments above the returned LSN are kept even once forwarded (the source still needs them
   // to find its resume position after a crash). Called on the terminal stage's thread; set before Start.
   void set_retention_floor(std::function<std::uint64_t()> floor) { retention_floor_ = std::move(floor); }

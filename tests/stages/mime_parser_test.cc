@@ -133,6 +133,22 @@ TEST_F(MimeParserTest, EncodedWordQUnderscoreAndAdjacentWordsJoin) {
   EXPECT_EQ(r.subject, "hello world\xE2\x82\xAC");
 }
 
+TEST_F(MimeParserTest, SplitCharacterJoinsAcrossWordsWhoseCharsetDiffersOnlyInCaseAndLanguage) {
+  const Record& r = Parse("From: a@x\nSubject: =?utf-8*sl?Q?omre=C5?=  =?Utf-8*SL?q?=BEje?=\n"
+                          "Date: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
+  EXPECT_EQ(r.subject, "omre\xC5\xBEje");
+  EXPECT_TRUE(r.defects.empty());
+}
+
+TEST_F(MimeParserTest, WhitespaceOnlyLineEndsTheHeaderBlock) {
+  const Record& r = Parse(std::string("From: a@x\nDate: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n"
+                                      "Content-Type: multipart/alternative;\n boundary=\"--b=:1\"\n \n"
+                                      "----b=:1\nContent-Type: text/plain\n\nhello\n----b=:1--\n"));
+  ASSERT_EQ(r.parts.size(), 2u);
+  EXPECT_EQ(r.body_text, "hello");
+  EXPECT_EQ(r.headers.size(), 4u);
+}
+
 TEST_F(MimeParserTest, BadEncodedWordIsKeptLiterallyWithADefect) {
   const Record& r = Parse("From: a@x\nSubject: =?utf-8?X?abc?= ok\nDate: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
   EXPECT_EQ(r.subject, "=?utf-8?X?abc?= ok");
@@ -171,6 +187,36 @@ TEST_F(MimeParserTest, AddressListForms) {
   EXPECT_EQ(r.to[5].address, "mary@x.example");
   ASSERT_EQ(r.cc.size(), 1u);
   EXPECT_EQ(r.cc[0].address, "\"Quoted\"@example.com");
+}
+
+TEST_F(MimeParserTest, AddressesWithoutCommasOrWithBareDisplayNames) {
+  const Record& r = Parse("From: Big Bug bb@Bug.com\nTo: tim@x.example concierge@x.example\n"
+                          "Date: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
+  ASSERT_TRUE(r.from);
+  EXPECT_EQ(r.from->name, "Big Bug");
+  EXPECT_EQ(r.from->address, "bb@bug.com");
+  ASSERT_EQ(r.to.size(), 2u);
+  EXPECT_EQ(r.to[0].address, "tim@x.example");
+  EXPECT_EQ(r.to[1].address, "concierge@x.example");
+  EXPECT_TRUE(HasDefect(r, defect::kMalformedAddress));
+}
+
+TEST_F(MimeParserTest, StrayLineInsideTheHeaderIsSkippedWhenFieldsFollow) {
+  const Record& r = Parse("Received: x\nquite Delivered-To: y\nFrom: a@x.example\nSubject: s\n"
+                          "Date: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\nbody\n");
+  EXPECT_EQ(r.subject, "s");
+  EXPECT_EQ(r.body_text, "body\n");
+  EXPECT_TRUE(HasDefect(r, defect::kMalformedHeaderLine));
+  EXPECT_FALSE(HasDefect(r, defect::kMissingHeaderBodySeparator));
+}
+
+TEST_F(MimeParserTest, LongAddressListsStayLinearInMemory) {
+  std::string to = "To: ";
+  for (int i = 0; i < 20000; ++i) to += "\"Name " + std::to_string(i) + "\" <u" + std::to_string(i) + "@x.example>, ";
+  const Record& r = Parse("From: a@x\n" + to + "\nDate: 1 Jan 2020 00:00:00 +0000\nMessage-ID: <1@x>\n\n");
+  EXPECT_EQ(r.to.size(), 20000u);
+  EXPECT_EQ(r.to[19999].name, "Name 19999");
+  EXPECT_LT(msg_.arena.bytes_reserved(), 4 * msg_.raw.size() + 64 * 1024);
 }
 
 TEST_F(MimeParserTest, MalformedAddressIsDefect) {
@@ -251,6 +297,15 @@ TEST_F(MimeParserTest, MultipartAlternativeWithAttachmentAndPreambleEpilogue) {
   EXPECT_EQ(r.attachments[0].size, 11u);
   EXPECT_EQ(Hex(r.attachments[0].sha256), "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
   EXPECT_TRUE(r.has_attachments);
+  ASSERT_EQ(r.parts.size(), 5u);
+  EXPECT_EQ(r.parts[0].content_type, "multipart/mixed");
+  EXPECT_EQ(r.parts[1].content_type, "multipart/alternative");
+  EXPECT_EQ(r.parts[2].content_type, "text/plain");
+  EXPECT_EQ(r.parts[2].depth, 2u);
+  EXPECT_EQ(r.parts[3].content_type, "text/html");
+  EXPECT_EQ(r.parts[4].content_type, "application/pdf");
+  EXPECT_EQ(r.parts[4].depth, 1u);
+  EXPECT_EQ(r.parts[4].decoded_size, 11u);
 }
 
 TEST_F(MimeParserTest, HtmlOnlyBodyIsStrippedForTheBodyText) {

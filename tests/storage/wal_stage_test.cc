@@ -51,7 +51,7 @@ class TestSource final : public engine::Stage {
   std::size_t RunOnce() override {
     if (!outbox_.Flush()) return 0;
     std::size_t n = 0;
-    while (next_ < end_ && n < 32) {
+    while (next_ < end_ && n < 8) {
       const std::string body = MailText(next_);
       Message* m = pool_->TryAcquire(body.size());
       if (m == nullptr) break;
@@ -206,7 +206,10 @@ TEST(WalStageTest, RecoveredMessagesPrecedeNewInputAndKeepTheirLsns) {
   ASSERT_NE(writer, nullptr);
   EXPECT_EQ(writer->open_report().checkpoint_lsn, 40u);
   EXPECT_EQ(writer->open_report().next_lsn, 101u);
-  MessagePool pool(16, 1 << 20);  // smaller than the backlog: recovery must respect the pool
+  // Smaller than the backlog, so recovery must recycle slots. New input holds at most 16 slots
+  // (its ring and one outbox of 8) while it waits: ingest sharing the pool with recovery must
+  // leave recovery at least one slot, or the two deadlock.
+  MessagePool pool(24, 1 << 20);
   engine::Topology topology(ThreadPerStage());
   auto* rec = topology.MakeChannel<Message*>("recovery->wal", 8);
   auto* in = topology.MakeChannel<Message*>("ingest->wal", 8);

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `mailrail run`: the real binary on 127.0.0.1 (ephemeral port), driven by
+real clients. Every wait is on an event (a log line, a socket answer, process exit), bounded.
+
+    daemon_test.py MAILRAIL_BIN
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+BIN = sys.argv.pop(1)
+
+
+def message(i):
+    return (f"From: Sender {i} <s{i}@example.com>\r\nTo: ops@corp.example\r\nSubject: test {i}\r\n"
+            f"Date: Mon, 4 May 2026 10:00:00 +0000\r\nMessage-ID: <daemon-{i}@example.com>\r\n\r\nbody {i}\r\n").encode()
+
+
+class Daemon:
+    def __init__(self, tmp, extra=""):
+        self.tmp = tmp
+        self.config = os.path.join(tmp, "mailrail.toml")
+        with open(self.config, "w") as f:
+            f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\n[stats]\nsocket = "{tmp}/stats.sock"\n'
+                    f'[log]\nformat = "json"\n{extra}')
+        self.proc = subprocess.Popen([BIN, "run", "--config", self.config], stderr=subprocess.PIPE, text=True)
+        self.log = []
+        started = self.wait_for("started")
+        self.port = int(re.search(r":(\d+)$", started["http"]).group(1)) if "http" in started else None
+
+    def wait_for(self, event, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"daemon exited before '{event}': {self.log}")
+            self.log.append(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") == event:
+                return record
+        raise AssertionError(f"no '{event}' within {timeout} s: {self.log}")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def request(self, method, path, body=None, headers=None):
+        req = urllib.request.Request(self.url(path), data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        rest, _ = self.proc.communicate(timeout=30)
+        return self.proc.returncode
+
+
+def read_stats(path, fmt="json"):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendall((fmt + "\n").encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return data.decode()
+
+
+class DaemonTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="mailrail-daemon-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_ingest_then_sigterm_drains_everything_accepted(self):
+        d = Daemon(self.tmp)
+        lsns = []
+        for i in range(200):
+            status, body = d.request("POST", "/ingest", message(i), {"Content-Type": "message/rfc822"})
+            self.assertEqual(status, 202, body)
+            lsns += json.loads(body)["lsns"]
+        self.assertEqual(sorted(lsns), list(range(1, 201)))
+        status, body = d.request("GET", "/session/status")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["progress"]["total"], 200)
+        self.assertEqual(d.stop(), 0)
+        with open(os.path.join(self.tmp, "data", "records.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual(len(records), 200)  # sink count = accepted count
+        self.assertEqual({r["message_id"] for r in records}, {f"daemon-{i}@example.com" for i in range(200)})
+
+    def test_restart_after_sigkill_forwards_what_was_accepted(self):
+        d = Daemon(self.tmp)
+        for i in range(50):
+            status, _ = d.request("POST", "/ingest", message(i), {"Content-Type": "message/rfc822"})
+            self.assertEqual(status, 202)
+        d.proc.kill()
+        d.proc.wait(timeout=10)
+        d.proc.stderr.close()
+        d = Daemon(self.tmp)
+        self.assertEqual(d.stop(), 0)
+        with open(os.path.join(self.tmp, "data", "records.jsonl")) as f:
+            ids = {json.loads(line)["message_id"] for line in f}
+        self.assertEqual(ids, {f"daemon-{i}@example.com" for i in range(50)})
+
+    def test_stats_socket_json_and_prometheus_match_the_work_done(self):
+        d = Daemon(self.tmp)
+        for i in range(10):
+            d.request("POST", "/ingest", message(i), {"Content-Type": "message/rfc822"})
+        # The sink counts a message once it took it: wait for that event through the socket.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = json.loads(read_stats(os.path.join(self.tmp, "stats.sock")))
+            final = {x["outcome"]: x["value"] for x in stats["messages_final"]}
+            if final["forwarded"] == 10:
+                break
+        self.assertEqual(final["forwarded"], 10)
+        prom = read_stats(os.path.join(self.tmp, "stats.sock"), "prometheus")
+        self.assertIn('mailrail_messages_final{outcome="forwarded"} 10', prom)
+        self.assertIn("# TYPE mailrail_ring_fill gauge", prom)
+        out = subprocess.run([BIN, "stats", "--socket", os.path.join(self.tmp, "stats.sock")],
+                             capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertRegex(out.stdout, r"messages_final\{outcome=forwarded\}\s+10")
+        status, metrics = d.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn('mailrail_messages_final{outcome="forwarded"} 10', metrics)
+        self.assertEqual(d.stop(), 0)
+
+    def test_sighup_is_logged_and_the_daemon_keeps_serving(self):
+        d = Daemon(self.tmp)
+        d.proc.send_signal(signal.SIGHUP)
+        reload = d.wait_for("reload")
+        self.assertIn("result", reload)
+        status, _ = d.request("GET", "/health")
+        self.assertEqual(status, 200)
+        self.assertEqual(d.stop(), 0)
+
+    def test_bad_config_names_file_line_and_key(self):
+        bad = os.path.join(self.tmp, "bad.toml")
+        with open(bad, "w") as f:
+            f.write('data_dir = "x"\n[limits]\nin_flight_mib = 0\nbogus = 1\n')
+        out = subprocess.run([BIN, "run", "--config", bad], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn(f"{bad}:3: limits.in_flight_mib: must be between", out.stderr)
+        self.assertIn(f"{bad}:4: limits.bogus: unknown key", out.stderr)
+
+    def test_top_shows_stage_rows_in_tmux(self):
+        if shutil.which("tmux") is None:
+            self.fail("tmux is not installed (tools/setup-deps installs it)")
+        d = Daemon(self.tmp)
+        d.request("POST", "/ingest", message(1), {"Content-Type": "message/rfc822"})
+        session = f"mailrail-top-{os.getpid()}"
+        sock = os.path.join(self.tmp, "stats.sock")
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+                        f"{BIN} top --socket {sock}"], check=True)
+        try:
+            screen = ""
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and "forward" not in screen:
+                screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                        text=True).stdout
+            self.assertIn("mailrail top", screen)
+            self.assertIn("forward", screen)
+            self.assertIn("wal->parse", screen)
+            subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode != 0:
+                    break
+            self.assertNotEqual(subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode, 0,
+                                "top did not quit on q")
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        self.assertEqual(d.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,318 @@
+// mailrail run: the daemon. Webhook and direct ingest over HTTP (io_uring), the control API of the
+// replaced service, the pipeline (WAL, parse, sink), the stats socket, signals and systemd.
+//
+// Signals: SIGTERM/SIGINT drain (stop accepting, let every accepted message reach the sink,
+// checkpoint, exit 0) within shutdown.drain_deadline_ms; a second SIGTERM/SIGINT exits at once
+// (the WAL makes that safe: a restart resumes); SIGHUP reloads what can be reloaded.
+#include "tools/cmd_run.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "engine/stats_socket.h"
+#include "net/control_api.h"
+#include "net/event_loop.h"
+#include "net/http_server.h"
+#include "net/ingest_handler.h"
+#include "stages/record_json.h"
+#include "tools/config.h"
+#include "tools/pipeline.h"
+
+namespace mailrail::tools {
+namespace {
+
+// Daemon: the control API's view of the running process (session state, status, health,
+// metrics). Threading: the ControlService methods run on the network loop thread; they read
+// counters (relaxed atomics) and the session state (under mutex_), and never block.
+class Daemon final : public net::ControlService {
+ public:
+  Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest)
+      : pipeline_(pipeline), registry_(registry), ingest_(ingest), started_(std::chrono::steady_clock::now()) {}
+
+  net::ControlReply StartSession(const net::SessionStartRequest& request) override {
+    std::lock_guard lock(mutex_);
+    session_active_ = true;
+    polling_mode_ = request.polling_mode;
+    polling_interval_ = request.polling_interval_seconds;
+    enable_webhook_ = request.enable_webhook;
+    stop_reason_.clear();
+    ++session_id_;
+    return {200, fmt::format(R"({{"status":"started","session_id":{},"polling_mode":"{}","polling_interval":{},)"
+                             R"("enable_webhook":{}}})",
+                             session_id_, polling_mode_, polling_interval_, enable_webhook_ ? "true" : "false")};
+  }
+
+  net::ControlReply StopSession(std::string_view reason) override {
+    std::lock_guard lock(mutex_);
+    if (!session_active_) return {409, R"({"status":"error","detail":"no active session"})"};
+    session_active_ = false;
+    stop_reason_ = std::string(reason);
+    return {200, fmt::format(R"({{"status":"stopped","session_id":{}}})", session_id_)};
+  }
+
+  net::ControlReply SessionStatus() override {
+    const auto& out = pipeline_->sink().counters();
+    const stages::ParseCounters parsed = pipeline_->parse().counters();
+    const std::uint64_t accepted = pipeline_->wal().stats().records.load(std::memory_order_relaxed) +
+                                   pipeline_->recovery().recovered();
+    const std::uint64_t processed = out.total();
+    const std::uint64_t failed = out.quarantined_unparseable.load() + out.dead_lettered.load();
+    std::lock_guard lock(mutex_);
+    return {200, fmt::format(
+                     R"({{"state":"{}","session_id":{},"polling_mode":"{}","polling_interval":{},"enable_webhook":{},)"
+                     R"("uptime_seconds":{:.0f},"progress":{{"total":{},"processed":{},"parsed":{},"forwarded":{},)"
+                     R"("failed":{},"duplicates":{},"dropped":{{"rule":{},"quarantine_rule":{},"unparseable":{},)"
+                     R"("dead_letter":{}}},"percent":{:.1f}}},"pending_requests":{}}})",
+                     session_active_ ? "running" : "idle", session_id_, polling_mode_, polling_interval_,
+                     enable_webhook_ ? "true" : "false",
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(), accepted,
+                     processed, parsed.messages, out.forwarded.load(), failed, out.duplicates.load(),
+                     out.dropped_by_rule.load(), out.quarantined_by_rule.load(), out.quarantined_unparseable.load(),
+                     out.dead_lettered.load(), accepted == 0 ? 100.0 : 100.0 * processed / accepted,
+                     ingest_->pending_requests())};
+  }
+
+  net::ControlReply TriggerPolling() override {
+    return {202, R"({"status":"accepted","detail":"no mailbox pollers are configured; nothing to poll"})"};
+  }
+
+  net::HealthReport Health() override {
+    net::HealthReport report;
+    if (const base::Error* failure = pipeline_->wal().failure()) report.reasons.push_back("wal: " + failure->message);
+    if (pipeline_->wal().is_full()) report.reasons.push_back("wal: disk budget exhausted; ingest answers 503");
+    return report;
+  }
+
+  std::string Metrics() override { return registry_->Collect().ToPrometheus(); }
+
+ private:
+  Pipeline* pipeline_;
+  const engine::StatsRegistry* registry_;
+  const net::IngestHandler* ingest_;
+  const std::chrono::steady_clock::time_point started_;
+  std::mutex mutex_;
+  bool session_active_ = true;  // the daemon ingests from the start; /session/stop pauses nothing yet
+  std::string polling_mode_ = "manual";
+  int polling_interval_ = 0;
+  bool enable_webhook_ = true;
+  std::string stop_reason_;
+  std::uint64_t session_id_ = 1;
+};
+
+using LogFields = std::vector<std::pair<std::string_view, std::string>>;
+
+// One line per event: key=value (quoted when needed) or one JSON object, by log.format.
+void Log(const DaemonConfig& config, std::string_view event, const LogFields& fields = {}) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch()).count();
+  std::string line;
+  if (config.log.format == "json") {
+    line = fmt::format(R"({{"ts_ms":{},"event":"{}")", ms, event);
+    for (const auto& [k, v] : fields) {
+      line += fmt::format(",\"{}\":", k);
+      stages::AppendJsonString(v, line);
+    }
+    line += "}\n";
+  } else {
+    line = fmt::format("ts_ms={} event={}", ms, event);
+    for (const auto& [k, v] : fields) {
+      const bool quote = v.empty() || v.find_first_of(" \"=") != std::string::npos;
+      line += fmt::format(" {}={}", k, quote ? "\"" + v + "\"" : v);
+    }
+    line += '\n';
+  }
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
+}
+
+int RunDaemon(const std::string& config_path) {
+  auto loaded = LoadConfig(config_path);
+  if (!loaded) {
+    fmt::print(stderr, "mailrail run: {}\n", loaded.error().message);
+    return 2;
+  }
+  const DaemonConfig& config = *loaded;
+
+  // Signals go to the main thread only: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  PipelineSettings settings;
+  settings.data_dir = config.data_dir;
+  settings.topology = config.topology;
+  settings.ring_capacity = config.limits.ring_capacity;
+  settings.in_flight_messages = config.limits.in_flight_messages;
+  settings.in_flight_bytes = config.limits.in_flight_bytes;
+  settings.jsonl_path = config.sink.path;
+  auto opened = Pipeline::Open(settings);
+  if (!opened) {
+    fmt::print(stderr, "mailrail run: {}\n", opened.error().message);
+    return 1;
+  }
+  Pipeline& pipeline = **opened;
+
+  auto loop = net::EventLoop::Create({});
+  if (!loop) {
+    fmt::print(stderr, "mailrail run: {}\n", loop.error().message);
+    return 1;
+  }
+  net::HttpServerConfig http;
+  http.bind_address = config.http.listen;
+  http.port = static_cast<std::uint16_t>(config.http.port);
+  http.max_body_bytes = std::min(config.http.max_body_bytes, pipeline.max_message_bytes());
+  http.max_connections = config.http.max_connections;
+  http.tls_cert_path = config.http.tls_cert;
+  http.tls_key_path = config.http.tls_key;
+  auto server = net::HttpServer::Create(loop->get(), http);
+  if (!server) {
+    fmt::print(stderr, "mailrail run: http: {}\n", server.error().message);
+    return 1;
+  }
+  net::IngestConfig ingest_config;
+  ingest_config.graph_client_state = config.http.graph_client_state;
+  net::IngestHandler ingest(loop->get(), &pipeline.pool(), pipeline.ingest(), ingest_config);
+  ingest.Install(**server);
+
+  engine::StatsRegistry registry;
+  registry.Add([&pipeline](engine::Snapshot& s) { pipeline.Report(s); });
+  registry.Add([&ingest](engine::Snapshot& s) {
+    const net::IngestStats& st = ingest.stats();
+    s.Counter("stage_messages_out", static_cast<double>(st.messages_enqueued.value()),
+              {{"stage", "ingest"}, {"source", "http"}});
+    s.Counter("http_ingest_requests", static_cast<double>(st.requests.value()));
+    s.Counter("http_ingest_rejected", static_cast<double>(st.backpressure_rejections.value()),
+              {{"reason", "backpressure"}});
+    s.Counter("http_ingest_rejected", static_cast<double>(st.bad_requests.value()), {{"reason", "bad_request"}});
+    s.Counter("graph_notifications", static_cast<double>(st.graph_notifications.value()));
+    s.Counter("graph_client_state_mismatches", static_cast<double>(st.graph_client_state_mismatches.value()));
+  });
+  Daemon daemon(&pipeline, &registry, &ingest);
+  net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
+  control.Install(**server);
+
+  auto stats_socket = engine::StatsSocket::Start(config.stats.socket, config.stats.mode, &registry);
+  if (!stats_socket) {
+    fmt::print(stderr, "mailrail run: {}\n", stats_socket.error().message);
+    return 1;
+  }
+  if (auto status = pipeline.Start(); !status) {
+    fmt::print(stderr, "mailrail run: {}\n", status.error().message);
+    return 1;
+  }
+  // Accept HTTP ingest only once the WAL's backlog is re-fed (its messages come first, and
+  // requests must not take the message pool from the recovery).
+  while (!pipeline.recovery_finished()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  (*server)->Start();
+  std::thread net_thread([&] { (*loop)->Run(); });
+
+  const auto& report = pipeline.wal_open_report();
+  Log(config, "started",
+      {{"config", config.file},
+       {"data_dir", config.data_dir},
+       {"http", fmt::format("{}:{}", config.http.listen, (*server)->port())},
+       {"stats_socket", config.stats.socket},
+       {"wal_next_lsn", std::to_string(report.next_lsn)},
+       {"forward_checkpoint", std::to_string(report.checkpoint_lsn)},
+       {"recovered", std::to_string(pipeline.recovery().recovered())}});
+  sd_notify(0, "READY=1\nSTATUS=ingesting");
+  std::uint64_t watchdog_usec = 0;
+  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
+
+  // Main thread: signals and the watchdog.
+  bool draining = false;
+  std::chrono::steady_clock::time_point drain_deadline{};
+  std::atomic<bool> drained{false};
+  std::thread drain_thread;
+  const timespec tick{0, 200'000'000};
+  while (!drained.load()) {
+    siginfo_t info{};
+    const int sig = sigtimedwait(&signals, &info, &tick);
+    if (watchdog) sd_notify(0, "WATCHDOG=1");
+    if (sig == SIGHUP) {
+      Log(config, "reload", {{"result", "nothing_to_reload"}, {"detail", "no filter rules are configured"}});
+    } else if (sig == SIGTERM || sig == SIGINT) {
+      if (draining) {
+        Log(config, "exit_now", {{"reason", "second_signal"}, {"detail", "the WAL holds every accepted message"}});
+        std::_Exit(1);
+      }
+      draining = true;
+      sd_notify(0, "STOPPING=1\nSTATUS=draining");
+      Log(config, "draining",
+          {{"signal", std::to_string(sig)}, {"deadline_ms", std::to_string(config.drain_deadline.count())}});
+      drain_deadline = std::chrono::steady_clock::now() + config.drain_deadline;
+      drain_thread = std::thread([&] {
+        // Stop accepting; wait (on the loop) until every request whose messages are in the WAL has
+        // had its 202; then end the ingest stream: the pipeline drains every accepted message
+        // into the sink and its threads exit.
+        std::function<void()> stop_when_answered = [&] {
+          if (ingest.pending_requests() == 0) {
+            (*loop)->Stop();
+          } else {
+            (*loop)->RunAfter(std::chrono::milliseconds(5), stop_when_answered);
+          }
+        };
+        (*loop)->Post([&] {
+          (*server)->Shutdown();
+          stop_when_answered();
+        });
+        net_thread.join();
+        pipeline.CloseIngest();
+        pipeline.RequestStop();
+        pipeline.Wait();
+        drained.store(true);
+      });
+    }
+    if (draining && !drained.load()) {
+      if (std::chrono::steady_clock::now() > drain_deadline) {
+        Log(config, "exit_now", {{"reason", "drain_deadline"}, {"detail", "the WAL holds every accepted message"}});
+        std::_Exit(1);
+      }
+    }
+  }
+  drain_thread.join();
+  (*stats_socket)->Stop();
+  const auto& out = pipeline.sink().counters();
+  Log(config, "stopped",
+      {{"forwarded", std::to_string(out.forwarded.load())},
+       {"duplicates", std::to_string(out.duplicates.load())},
+       {"quarantined_unparseable", std::to_string(out.quarantined_unparseable.load())},
+       {"durable_lsn", std::to_string(pipeline.wal().durable_lsn())}});
+  return 0;
+}
+
+}  // namespace
+
+void AddRunCommand(CLI::App& app) {
+  auto config = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand("run", "Run the daemon (HTTP ingest and control API, pipeline, stats socket)");
+  cmd->add_option("--config", *config, "TOML config file (default: the embedded default, no servers needed)");
+  auto print = std::make_shared<bool>(false);
+  cmd->add_flag("--print-default-config", *print, "Print the embedded default config and exit");
+  cmd->callback([config, print] {
+    if (*print) {
+      fmt::print("{}", EmbeddedDefaultConfig());
+      throw CLI::RuntimeError(0);
+    }
+    throw CLI::RuntimeError(RunDaemon(*config));
+  });
+}
+
+}  // namespace mailrail::tools
