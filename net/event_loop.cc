@@ -36,17 +36,20 @@ class EventLoop::TaskReader final : public CompletionHandler {
 // One io_uring timeout; deletes itself when it fires.
 class EventLoop::Timer final : public CompletionHandler {
  public:
-  Timer(std::chrono::milliseconds delay, std::function<void()> fn) : fn_(std::move(fn)) {
+  Timer(EventLoop* loop, std::chrono::milliseconds delay, std::function<void()> fn)
+      : loop_(loop), fn_(std::move(fn)) {
     spec_.tv_sec = delay.count() / 1000;
     spec_.tv_nsec = (delay.count() % 1000) * 1000000;
   }
   __kernel_timespec* spec() { return &spec_; }
   void OnCompletion(const io_uring_cqe&, unsigned) override {
     std::unique_ptr<Timer> self(this);
+    loop_->timers_.erase(this);
     fn_();
   }
 
  private:
+  EventLoop* loop_;
   __kernel_timespec spec_{};
   std::function<void()> fn_;
 };
@@ -125,6 +128,7 @@ EventLoop::~EventLoop() {
     io_uring_queue_exit(&ring_);
   }
   if (buffer_ring_ != nullptr) ::munmap(buffer_ring_, buffer_ring_bytes_);
+  for (Timer* timer : timers_) delete timer;  // never fired: the ring is gone
   if (event_fd_ >= 0) ::close(event_fd_);
 }
 
@@ -132,7 +136,10 @@ io_uring_sqe* EventLoop::Prepare(CompletionHandler* handler, unsigned tag) {
   MR_CHECK(tag <= kMaxTag) << "completion tag out of range: " << tag;
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   while (sqe == nullptr) {
-    io_uring_submit(&ring_);
+    const int rc = io_uring_submit(&ring_);
+    MR_CHECK(rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY)
+        << "submission queue full and io_uring_submit failed (before Run() the ring may be disabled: "
+        << "prepare fewer than ring_entries operations): " << std::strerror(-rc);
     sqe = io_uring_get_sqe(&ring_);
   }
   io_uring_sqe_set_data64(sqe, reinterpret_cast<std::uint64_t>(handler) | tag);
@@ -157,7 +164,8 @@ void EventLoop::RecycleBuffer(const io_uring_cqe& cqe) {
 }
 
 void EventLoop::RunAfter(std::chrono::milliseconds delay, std::function<void()> fn) {
-  auto* timer = new Timer(delay, std::move(fn));
+  auto* timer = new Timer(this, delay, std::move(fn));
+  timers_.insert(timer);
   io_uring_prep_timeout(Prepare(timer, 0), timer->spec(), 0, 0);
 }
 

@@ -39,6 +39,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <unordered_set>
 #include <vector>
 
 #include "engine/base/result.h"
@@ -116,6 +117,7 @@ class EventLoop {
   bool ring_ready_ = false;
   bool needs_enable_ = false;  // created disabled (single issuer): Run() enables it
   std::vector<std::function<void()>> batch_end_hooks_;
+  std::unordered_set<Timer*> timers_;  // armed, not yet fired (freed at destruction)
   int event_fd_ = -1;
   std::uint64_t event_value_ = 0;
   std::unique_ptr<TaskReader> task_reader_;

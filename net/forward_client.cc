@@ -215,12 +215,11 @@ void ForwardClient::Dispatch() {
     request.path = config_.path;
     request.headers = {{"Content-Type", "application/json"}, {"Idempotency-Key", batch->key}};
     request.body_ref = &batch->body;  // the batch keeps it for retries and the dead-letter log
-    Batch* raw = batch.release();
+    auto holder = std::make_shared<std::unique_ptr<Batch>>(std::move(batch));
     std::weak_ptr<bool> alive = alive_;
-    http_->Send(std::move(request), [this, alive, raw](base::Result<ClientResponse> result) {
-      std::unique_ptr<Batch> owned(raw);
+    http_->Send(std::move(request), [this, alive, holder](base::Result<ClientResponse> result) {
       if (alive.expired()) return;
-      OnResult(std::move(owned), std::move(result));
+      OnResult(std::move(*holder), std::move(result));
     });
   }
 }
@@ -299,12 +298,11 @@ void ForwardClient::OnFailure(std::unique_ptr<Batch> batch, int status, std::str
     delay = std::chrono::milliseconds(std::uniform_int_distribution<std::int64_t>(0, cap)(rng_));
   }
   stats_.retries.Add();
-  Batch* raw = batch.release();
+  auto holder = std::make_shared<std::unique_ptr<Batch>>(std::move(batch));
   std::weak_ptr<bool> alive = alive_;
-  loop_->RunAfter(delay, [this, alive, raw] {
-    std::unique_ptr<Batch> owned(raw);
+  loop_->RunAfter(delay, [this, alive, holder] {
     if (alive.expired() || shut_down_) return;
-    ready_.push_front(std::move(owned));  // older batches first
+    ready_.push_front(std::move(*holder));  // older batches first
     Dispatch();
   });
 }
@@ -327,12 +325,12 @@ void ForwardClient::SendToDeadLetters(std::unique_ptr<Batch> batch, int status, 
     // Not durable: the batch is not handled yet. Keep it and try the log again later.
     stats_.dead_letter_write_errors.Add();
     std::fprintf(stderr, "mailrail: dead-letter log: %s\n", status_written.error().message.c_str());
-    Batch* raw = batch.release();
+    auto holder = std::make_shared<std::unique_ptr<Batch>>(std::move(batch));
     std::weak_ptr<bool> alive = alive_;
-    loop_->RunAfter(config_.backoff_max, [this, alive, raw, letter = std::move(letter)]() mutable {
-      std::unique_ptr<Batch> owned(raw);
+    loop_->RunAfter(config_.backoff_max, [this, alive, holder, letter = std::move(letter)]() mutable {
       if (alive.expired() || shut_down_) return;
-      SendToDeadLetters(std::move(owned), letter.status, std::move(letter.error), std::move(letter.response_body));
+      SendToDeadLetters(std::move(*holder), letter.status, std::move(letter.error),
+                        std::move(letter.response_body));
     });
     return;
   }

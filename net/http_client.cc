@@ -127,7 +127,12 @@ base::Result<std::unique_ptr<HttpClient>> HttpClient::Create(EventLoop* loop, Ht
 
 HttpClient::~HttpClient() {
   *alive_ = false;
+  // Callbacks still owed an answer get one, so whatever they hold is released.
+  std::deque<Pending> queued;
+  queued.swap(queue_);
+  for (auto& p : queued) p.callback(base::MakeError("closed", "client destroyed"));
   for (Connection* c : connections_) {
+    if (c->current != nullptr) c->current->callback(base::MakeError("closed", "client destroyed"));
     if (c->fd >= 0) ::close(c->fd);
     delete c;
   }

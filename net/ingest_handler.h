@@ -20,8 +20,9 @@
 //   producer of `channel` (an SPSC ring). OnDurable is called by the WAL thread: it appends the
 //   acks under a mutex and posts one drain task to the loop when the queue was empty; the loop
 //   answers the requests whose messages are all durable.
-// Ownership: pool, channel and loop outlive the handler. Messages pushed to the channel belong to
-//   the pipeline from then on; the handler keeps only the ack token.
+// Ownership: pool, channel and loop outlive the handler, and the handler outlives every message
+//   it enqueued (the WAL calls OnDurable on it). Messages pushed to the channel belong to the
+//   pipeline from then on; the handler keeps only the ack token.
 // Allocation: request state lives in a slab of reusable slots; an rfc822 body moves into the
 //   Message without copying (string swap); JSON elements are copied once into their Message.
 

@@ -76,7 +76,13 @@ int Main(int argc, char** argv) {
   stages::MessagePool pool(16384, 512u << 20);
   std::unique_ptr<net::testing::AckingConsumer> fake_wal;
   std::unique_ptr<storage::WalWriter> writer;
-  engine::Topology topology(engine::TopologyConfig{});
+  // On a small machine the WAL threads' idle spinning competes with the network thread and the
+  // clients: spin briefly, then park (WalStage's next_deadline still wakes it for the disk).
+  engine::TopologyConfig topology_config;
+  if (const char* spin = std::getenv("MAILRAIL_BENCH_SPIN_ROUNDS")) {
+    topology_config.wait.spin_rounds = static_cast<std::uint32_t>(std::atoi(spin));
+  }
+  engine::Topology topology(topology_config);
   engine::Channel<stages::Message*>* ingest = topology.MakeChannel<stages::Message*>("ingest", 16384);
   if (argc == 4) {
     storage::WalConfig wal;

@@ -66,6 +66,7 @@ TEST(HttpClientTest, PoolReusesConnectionsAndQueuesBeyondTheLimit) {
   }
   EXPECT_EQ(server.server().stats().connections_accepted.value(), 2u);
   loop.Call([&] { (*client)->Shutdown(); });
+  loop.Stop();  // the client is destroyed below, after its loop stopped
 }
 
 TEST(HttpClientTest, ConnectionRefusedIsAnError) {
@@ -78,6 +79,8 @@ TEST(HttpClientTest, ConnectionRefusedIsAnError) {
   auto results = SendAll(loop, **client, 1);
   ASSERT_FALSE(results[0].has_value());
   EXPECT_EQ(results[0].error().code, "connect");
+  loop.Call([&] { (*client)->Shutdown(); });  // the loop may still be inside the failing call
+  loop.Stop();
 }
 
 TEST(HttpClientTest, HttpsVerifiesThePeer) {
@@ -116,6 +119,7 @@ TEST(HttpClientTest, HttpsVerifiesThePeer) {
     (*good)->Shutdown();
     (*bad)->Shutdown();
   });
+  loop.Stop();
 }
 
 }  // namespace
