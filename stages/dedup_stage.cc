@@ -112,7 +112,8 @@ std::size_t DedupStage::RunOnce() {
     // Settled before the crash (forwarded, dropped or quarantined): only its key mattered.
     if (m->recovered && m->lsn <= config_.forwarded_through_lsn) {
       ++rebuilt;
-      done_.Add(m);
+      m->outcome = Outcome::kSettledBeforeRestart;
+      Finish(m);
       continue;
     }
     if (query_of_[i] == kNoQuery) {
@@ -127,7 +128,7 @@ std::size_t DedupStage::RunOnce() {
       ++duplicates;
       m->outcome = Outcome::kDuplicate;
       if (duplicates_log_fd_ >= 0) LogDuplicate(*m, a.original_lsn);
-      done_.Add(m);
+      Finish(m);
     } else {
       ++forwarded;
       out_.Add(m);

@@ -8,7 +8,9 @@
 //   done  messages whose journey ends here, for the terminal stage that records their LSN as
 //         finished and releases them: duplicates (outcome = Outcome::kDuplicate) and recovered
 //         messages at or below forwarded_through_lsn (re-fed after a restart only to rebuild the
-//         set; their outcome was settled before the crash and stays kInFlight here).
+//         set; their outcome was settled before the crash: kSettledBeforeRestart).
+//   done may be the same channel as out: every message then leaves through out in input (LSN)
+//   order, and the next stage passes on those whose outcome is already final.
 //   Every popped message leaves through exactly one of out/done and is counted once in
 //   DedupCounters, so in == forwarded + passed_unparsed + duplicates + rebuilt.
 // Restart: a recovered message whose key is found with its own LSN is the same message seen
@@ -91,6 +93,7 @@ class DedupStage final : public engine::Stage {
   DedupStage(DedupStageConfig config, MessageChannel* in, MessageChannel* out, MessageChannel* done);
   void LogDuplicate(const Message& message, std::uint64_t original_lsn);
   void StepPeriodicSnapshot();
+  void Finish(Message* m) { (done_.channel() == out_.channel() ? out_ : done_).Add(m); }
 
   static constexpr std::size_t kBatch = 64;
   DedupStageConfig config_;

@@ -102,8 +102,14 @@ std::size_t FilterStage::RunOnce() {
   const std::size_t n = in_->PopBatch(batch_);
   if (n == 0) return 0;
   bool quarantined = false;
+  std::size_t passed_final = 0;
   for (std::size_t i = 0; i < n; ++i) {
     Message* m = batch_[i];
+    if (m->outcome != Outcome::kInFlight) {
+      ++passed_final;
+      out_.Add(m);
+      continue;
+    }
     if (m->parse_failed) {
       m->record.action = FilterAction::kQuarantine;
       m->outcome = Outcome::kQuarantinedUnparseable;
@@ -113,7 +119,7 @@ std::size_t FilterStage::RunOnce() {
         config_.quarantine->Append(m->lsn, WallMs(), reason_, m->raw);
         quarantined = true;
       }
-      done_.Add(m);
+      Finish(m);
       continue;
     }
     Decide(*m);
@@ -124,7 +130,7 @@ std::size_t FilterStage::RunOnce() {
         break;
       case FilterAction::kDrop:
         m->outcome = Outcome::kDroppedByRule;
-        done_.Add(m);
+        Finish(m);
         break;
       case FilterAction::kQuarantine:
         m->outcome = Outcome::kQuarantinedByRule;
@@ -137,11 +143,11 @@ std::size_t FilterStage::RunOnce() {
           config_.quarantine->Append(m->lsn, WallMs(), reason_, m->raw);
           quarantined = true;
         }
-        done_.Add(m);
+        Finish(m);
         break;
     }
   }
-  Bump(in_count_, n);
+  Bump(in_count_, n - passed_final);
   // Quarantined messages are durable in the store before anyone learns they are finished. On a
   // failed sync they are still finished (outcome counted), and the failure is counted: the WAL
   // keeps the original until the terminal stage checkpoints past it.

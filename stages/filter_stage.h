@@ -9,6 +9,9 @@
 //         (parse_failed, kQuarantinedUnparseable). Quarantined messages are appended to the
 //         QuarantineStore with their reason and synced before they are pushed to done.
 //   Every popped message leaves through exactly one of out/done and is counted once.
+//   done may be the same channel as out: every message then leaves through out in input (LSN)
+//   order. Messages that arrive with a final outcome (a duplicate, or settled before a restart,
+//   routed in line by dedup) pass through to out untouched and uncounted.
 // Record: spam_score, action, rules (fired rule and threshold ids) and labels are set; the id and
 //   label strings are copied into the message's arena, so they outlive a rule-set swap.
 // Counting: per action, and per (fired rule, final action) for every non-accept decision.
@@ -77,6 +80,7 @@ class FilterStage final : public engine::Stage {
   FilterStage(FilterStageConfig config, MessageChannel* in, MessageChannel* out, MessageChannel* done);
   void Install(std::shared_ptr<const RuleSet> rules);  // stage thread (or before start)
   void Decide(Message& message);
+  void Finish(Message* m) { (done_.channel() == out_.channel() ? out_ : done_).Add(m); }
 
   FilterStageConfig config_;
   MessageChannel* in_;

@@ -41,6 +41,7 @@ void CountOutcome(Outcome outcome, OutcomeCounters& c) {
     case Outcome::kQuarantinedByRule: Bump(c.quarantined_by_rule); break;
     case Outcome::kQuarantinedUnparseable: Bump(c.quarantined_unparseable); break;
     case Outcome::kDeadLettered: Bump(c.dead_lettered); break;
+    case Outcome::kSettledBeforeRestart: break;  // counted before the restart
     case Outcome::kInFlight: MR_CHECK(false) << "message counted while still in flight"; break;
   }
 }

@@ -31,8 +31,11 @@ struct SourceRef {
 };
 
 // Final state of a message; every message ends in exactly one, each counted.
+// kSettledBeforeRestart: a message re-fed from the WAL after a restart only so that dedup can
+// rebuild its set; its outcome was counted before the restart, so nobody counts it again.
 enum class Outcome : std::uint8_t {
   kInFlight,
+  kSettledBeforeRestart,
   kForwarded,
   kDuplicate,
   kDroppedByRule,
