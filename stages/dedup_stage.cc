@@ -47,6 +47,7 @@ base::Result<std::unique_ptr<DedupStage>> DedupStage::Create(DedupStageConfig co
     auto loaded = LoadDedupSnapshot(stage->config_.snapshot_path, stage->set_);
     if (loaded.has_value()) {
       stage->snapshot_lsn_ = stage->max_lsn_ = loaded.value();
+      stage->durable_snapshot_lsn_.store(loaded.value(), std::memory_order_release);
     } else if (loaded.error().code != "dedup.snapshot_missing") {
       return loaded.error();
     }
@@ -168,10 +169,12 @@ void DedupStage::StepPeriodicSnapshot() {
       return;
     }
     periodic_snapshot_ = std::move(writer.value());
+    periodic_snapshot_lsn_ = max_lsn_;
   }
   if (!periodic_snapshot_->Step(set_)) return;
   if (periodic_snapshot_->Finish().has_value()) {
     Bump(counters_.snapshots_written);
+    durable_snapshot_lsn_.store(periodic_snapshot_lsn_, std::memory_order_release);
   } else {
     Bump(counters_.snapshot_errors);
   }
@@ -183,7 +186,10 @@ base::Status DedupStage::WriteSnapshot() {
   next_snapshot_ = engine::Clock::now() + config_.snapshot_interval;
   counters_.bytes_reserved.store(set_.bytes_reserved(), std::memory_order_relaxed);
   auto status = WriteDedupSnapshot(set_, max_lsn_, config_.snapshot_path);
-  if (status.has_value()) Bump(counters_.snapshots_written);
+  if (status.has_value()) {
+    Bump(counters_.snapshots_written);
+    durable_snapshot_lsn_.store(max_lsn_, std::memory_order_release);
+  }
   return status;
 }
 

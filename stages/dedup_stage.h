@@ -47,7 +47,7 @@ struct DedupStageConfig {
   DedupSetConfig set;
   DedupKeyConfig key;
   std::string snapshot_path;                                 // "": no snapshot
-  std::chrono::milliseconds snapshot_interval{5 * 60 * 1000};  // 0: only at clean shutdown
+  std::chrono::milliseconds snapshot_interval{30 * 1000};  // 0: only at clean shutdown
   std::uint64_t forwarded_through_lsn = 0;  // recovered messages at or below only rebuild the set
   std::string duplicates_log_path;          // "": no log
 };
@@ -85,6 +85,9 @@ class DedupStage final : public engine::Stage {
 
   const DedupCounters& counters() const { return counters_; }
   std::uint64_t snapshot_lsn() const { return snapshot_lsn_; }  // covered LSN of the loaded snapshot
+  // Covered LSN of the newest complete snapshot on disk (loaded or written since); any thread.
+  // The WAL must keep the records after it, from which a restart rebuilds the rest of the set.
+  std::uint64_t durable_snapshot_lsn() const { return durable_snapshot_lsn_.load(std::memory_order_acquire); }
   const DedupSet& set() const { return set_; }
   // Writes the snapshot now (the stage thread only, or before Start / after Wait).
   base::Status WriteSnapshot();
@@ -108,6 +111,8 @@ class DedupStage final : public engine::Stage {
   std::array<std::uint8_t, kBatch> query_of_{};  // index into queries_, or kNoQuery
   std::uint64_t max_lsn_ = 0;
   std::uint64_t snapshot_lsn_ = 0;
+  std::uint64_t periodic_snapshot_lsn_ = 0;  // covered LSN of the periodic snapshot in progress
+  std::atomic<std::uint64_t> durable_snapshot_lsn_{0};
   engine::Clock::time_point next_snapshot_;
   std::unique_ptr<DedupSnapshotWriter> periodic_snapshot_;  // in progress, one shard per batch
   int duplicates_log_fd_ = -1;

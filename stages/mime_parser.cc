@@ -1094,7 +1094,13 @@ void MimeParser::Parse(Message& msg) {
 }
 
 void MessageParser::Parse(Message& msg) {
-  if (msg.kind == InputKind::kGraphJson) {
+  if (msg.kind == InputKind::kGraphNotification) {
+    // A fetch request, not a message: with no Graph poller to hand it to, it is quarantined
+    // (counted, kept on disk, re-drivable) rather than dropped.
+    msg.record.Clear();
+    msg.parse_failed = true;
+    msg.parse_error = parse_failure::kGraphNotificationWithoutPoller;
+  } else if (msg.kind == InputKind::kGraphJson) {
     graph_.Parse(msg, limits_.max_message_bytes);
   } else {
     mime_.Parse(msg);

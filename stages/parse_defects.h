@@ -70,8 +70,10 @@ inline constexpr std::string_view kNoHeaders = "no_headers";
 inline constexpr std::string_view kTooLarge = "too_large";
 inline constexpr std::string_view kInvalidJson = "invalid_json";
 inline constexpr std::string_view kNotAJsonObject = "not_a_json_object";
+inline constexpr std::string_view kGraphNotificationWithoutPoller = "graph_notification_without_poller";
 
-inline constexpr std::array kAll = {kEmpty, kNoHeaders, kTooLarge, kInvalidJson, kNotAJsonObject};
+inline constexpr std::array kAll = {kEmpty, kNoHeaders, kTooLarge, kInvalidJson, kNotAJsonObject,
+                                    kGraphNotificationWithoutPoller};
 
 inline std::size_t ReasonIndex(std::string_view r) {
   for (std::size_t i = 0; i < kAll.size(); ++i) {

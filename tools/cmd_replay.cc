@@ -117,6 +117,12 @@ int RunReplay(const ReplayFlags& flags) {
   std::uint64_t defects = 0;
   for (auto n : parsed.defects) defects += n;
   fmt::print("parse: {} messages with defects ({} defects in all)\n", parsed.messages_with_defects, defects);
+  const stages::DedupCounters& dedup = p.dedup().counters();
+  fmt::print("dedup: {} in, {} duplicates, {} keys held ({:.1f} MB reserved)\n", dedup.in.load(), dedup.duplicates.load(),
+             dedup.set_size.load(), static_cast<double>(dedup.bytes_reserved.load()) / 1e6);
+  const stages::FilterStats filter = p.filter().Stats();
+  fmt::print("filter: {} in, accepted {}, labelled {}, quarantined {}, dropped {}\n", filter.in,
+             filter.by_action[0], filter.by_action[1], filter.by_action[2], filter.by_action[3]);
   fmt::print("outcomes: forwarded {}, duplicates {}, dropped by rule {}, quarantined by rule {}, "
              "quarantined unparseable {}\n",
              out.forwarded.load(), out.duplicates.load(), out.dropped_by_rule.load(), out.quarantined_by_rule.load(),

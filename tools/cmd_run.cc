@@ -162,6 +162,10 @@ int RunDaemon(const std::string& config_path) {
   settings.in_flight_messages = config.limits.in_flight_messages;
   settings.in_flight_bytes = config.limits.in_flight_bytes;
   settings.jsonl_path = config.sink.path;
+  settings.wal = config.wal;
+  settings.dedup = config.dedup;
+  settings.dedup_duplicates_log = config.dedup_duplicates_log;
+  settings.filter.rules_path = config.filter.rules;
   auto opened = Pipeline::Open(settings);
   if (!opened) {
     fmt::print(stderr, "mailrail run: {}\n", opened.error().message);
@@ -247,7 +251,12 @@ int RunDaemon(const std::string& config_path) {
     const int sig = sigtimedwait(&signals, &info, &tick);
     if (watchdog) sd_notify(0, "WATCHDOG=1");
     if (sig == SIGHUP) {
-      Log(config, "reload", {{"result", "nothing_to_reload"}, {"detail", "no filter rules are configured"}});
+      // The rules compile here, off the pipeline's threads; an invalid file keeps the old rules.
+      if (auto status = pipeline.filter().RequestReload(); status) {
+        Log(config, "reload", {{"result", "ok"}, {"rules", config.filter.rules}});
+      } else {
+        Log(config, "reload", {{"result", "rejected"}, {"rules", config.filter.rules}, {"error", status.error().message}});
+      }
     } else if (sig == SIGTERM || sig == SIGINT) {
       if (draining) {
         Log(config, "exit_now", {{"reason", "second_signal"}, {"detail", "the WAL holds every accepted message"}});

@@ -32,6 +32,16 @@ port = 8025
 [sink]
 kind = "jsonl"
 # path defaults to <data_dir>/records.jsonl
+
+[wal]
+sync = "data"
+
+[dedup]
+capacity = 8000000
+max_age_hours = 168
+
+[filter]
+rules = "builtin:default"
 )";
 
 // Reads one TOML table, remembering which keys were consumed so that the rest can be reported as
@@ -123,6 +133,12 @@ class TableReader {
   std::vector<std::string>& errors_;
   std::set<std::string> known_;
 };
+
+void GetMs(TableReader& r, std::string_view key, std::chrono::milliseconds& out, std::size_t min, std::size_t max) {
+  std::size_t ms = static_cast<std::size_t>(out.count());
+  r.GetRange(key, ms, min, max);
+  out = std::chrono::milliseconds(ms);
+}
 
 void ReadTopology(TableReader& top, DaemonConfig& config) {
   const toml::table* table = top.Subtable("topology");
@@ -238,12 +254,71 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
   }
   if (const toml::table* t = top.Subtable("sink")) {
     TableReader r(*t, file, "sink.", errors);
-    r.GetChoice("kind", config.sink.kind, {"jsonl", "http"});
-    r.Get("path", config.sink.path);
-    r.Get("url", config.sink.url);
-    if (config.sink.kind == "http" && config.sink.url.empty()) {
+    DaemonConfig::Sink& sink = config.sink;
+    r.GetChoice("kind", sink.kind, {"jsonl", "http"});
+    r.Get("path", sink.path);
+    r.Get("url", sink.url);
+    if (sink.kind == "http" && sink.url.empty()) {
       r.Fail(*t->get("kind"), "url", "is required when sink.kind = \"http\"");
     }
+    if (!sink.url.empty() && sink.url.rfind("http://", 0) != 0 && sink.url.rfind("https://", 0) != 0) {
+      r.Fail(*t->get("url"), "url", "must start with http:// or https://");
+    }
+    r.Get("path_on_server", sink.path_on_server);
+    r.GetRange("batch_max_records", sink.batch_max_records, 1, 1'000'000);
+    std::size_t kib = sink.batch_max_bytes >> 10;
+    r.GetRange("batch_max_kib", kib, 1, 1 << 20);
+    sink.batch_max_bytes = kib << 10;
+    GetMs(r, "linger_ms", sink.linger, 0, 60'000);
+    r.GetRange("max_in_flight", sink.max_in_flight, 1, 1024);
+    r.GetRange("max_attempts", sink.max_attempts, 1, 1'000'000);
+    GetMs(r, "request_timeout_ms", sink.request_timeout, 1, 3'600'000);
+    r.Get("ca_file", sink.ca_file);
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("wal")) {
+    TableReader r(*t, file, "wal.", errors);
+    storage::WalConfig& wal = config.wal;
+    std::string sync = "data";
+    r.GetChoice("sync", sync, {"data", "none"});
+    wal.sync = sync == "none" ? storage::WalConfig::Sync::kNone : storage::WalConfig::Sync::kData;
+    std::size_t segment_mib = wal.segment_bytes >> 20;
+    r.GetRange("segment_mib", segment_mib, 1, 1 << 16);
+    wal.segment_bytes = std::uint64_t{segment_mib} << 20;
+    std::size_t group_kib = wal.max_group_bytes >> 10;
+    r.GetRange("max_group_kib", group_kib, 4, 1 << 20);
+    wal.max_group_bytes = group_kib << 10;
+    std::size_t linger_us = static_cast<std::size_t>(wal.max_linger.count());
+    r.GetRange("max_linger_us", linger_us, 0, 1'000'000);
+    wal.max_linger = std::chrono::microseconds(linger_us);
+    std::size_t budget_mib = wal.disk_budget_bytes >> 20;
+    r.GetRange("disk_budget_mib", budget_mib, 0, std::size_t{1} << 30);
+    wal.disk_budget_bytes = std::uint64_t{budget_mib} << 20;
+    std::size_t keep_s = static_cast<std::size_t>(wal.keep_forwarded.count());
+    r.GetRange("keep_forwarded_s", keep_s, 0, 365u * 24 * 3600);
+    wal.keep_forwarded = std::chrono::seconds(keep_s);
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("dedup")) {
+    TableReader r(*t, file, "dedup.", errors);
+    stages::DedupStageConfig& dedup = config.dedup;
+    r.GetRange("shards", dedup.set.shards, 1, 4096);
+    if ((dedup.set.shards & (dedup.set.shards - 1)) != 0) r.Fail(*t->get("shards"), "shards", "must be a power of two");
+    std::size_t capacity = dedup.set.capacity;
+    r.GetRange("capacity", capacity, 1, std::size_t{1} << 36);
+    dedup.set.capacity = capacity;
+    std::size_t hours = static_cast<std::size_t>(dedup.set.max_age_ms / 3'600'000);
+    r.GetRange("max_age_hours", hours, 0, 24 * 3650);
+    dedup.set.max_age_ms = static_cast<std::int64_t>(hours) * 3'600'000;
+    std::size_t snapshot_s = static_cast<std::size_t>(dedup.snapshot_interval.count() / 1000);
+    r.GetRange("snapshot_interval_s", snapshot_s, 0, 24 * 3600);
+    dedup.snapshot_interval = std::chrono::milliseconds(snapshot_s * 1000);
+    r.Get("duplicates_log", config.dedup_duplicates_log);
+    r.RejectUnknown();
+  }
+  if (const toml::table* t = top.Subtable("filter")) {
+    TableReader r(*t, file, "filter.", errors);
+    r.Get("rules", config.filter.rules);
     r.RejectUnknown();
   }
   if (const toml::table* t = top.Subtable("http")) {
@@ -287,6 +362,11 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
   const std::filesystem::path data(config.data_dir);
   if (config.stats.socket.empty()) config.stats.socket = (data / "mailrail.sock").string();
   if (config.sink.path.empty()) config.sink.path = (data / "records.jsonl").string();
+  // A rule file named in a config file is found next to it, wherever the daemon was started.
+  if (config.filter.rules.rfind("builtin:", 0) != 0 && std::filesystem::path(config.filter.rules).is_relative() &&
+      file.front() != '<') {
+    config.filter.rules = (std::filesystem::path(file).parent_path() / config.filter.rules).string();
+  }
   return config;
 }
 

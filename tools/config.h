@@ -15,6 +15,8 @@
 
 #include "engine/base/result.h"
 #include "engine/topology.h"
+#include "stages/dedup_stage.h"
+#include "storage/wal_writer.h"
 
 namespace mailrail::tools {
 
@@ -31,6 +33,14 @@ struct DaemonConfig {
     std::size_t ring_capacity = 4096;
   } limits;
 
+  storage::WalConfig wal;        // [wal]; dir is always <data_dir>/wal
+  stages::DedupStageConfig dedup;  // [dedup]; snapshot path is <data_dir>/dedup.snapshot
+  bool dedup_duplicates_log = false;
+
+  struct Filter {
+    std::string rules = "builtin:default";  // a rule file (relative to the config file) or builtin:default
+  } filter;
+
   struct Stats {
     std::string socket;  // default: <data_dir>/mailrail.sock
     mode_t mode = 0660;
@@ -40,6 +50,14 @@ struct DaemonConfig {
     std::string kind = "jsonl";  // jsonl | http
     std::string path;            // jsonl; default: <data_dir>/records.jsonl
     std::string url;             // http: base URL of the downstream
+    std::string path_on_server = "/batch-metadata";
+    std::size_t batch_max_records = 500;
+    std::size_t batch_max_bytes = 1u << 20;
+    std::chrono::milliseconds linger{20};
+    std::size_t max_in_flight = 2;
+    std::size_t max_attempts = 10;
+    std::chrono::milliseconds request_timeout{30000};
+    std::string ca_file;         // https: trust these CAs instead of the system's
   } sink;
 
   struct Http {

@@ -40,21 +40,47 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
   p->ingest_ = t.MakeChannel<stages::Message*>("ingest->wal", s.ring_capacity);
   p->recovered_ = t.MakeChannel<stages::Message*>("recovery->wal", s.ring_capacity);
   p->durable_ = t.MakeChannel<stages::Message*>("wal->parse", s.ring_capacity);
-  p->parsed_ = t.MakeChannel<stages::Message*>("parse->forward", s.ring_capacity);
+  p->parsed_ = t.MakeChannel<stages::Message*>("parse->dedup", s.ring_capacity);
+  p->deduped_ = t.MakeChannel<stages::Message*>("dedup->filter", s.ring_capacity);
+  p->filtered_ = t.MakeChannel<stages::Message*>("filter->forward", s.ring_capacity);
 
-  auto recovery = stages::WalRecoverySource::Open(s.wal.dir, report.checkpoint_lsn, report.next_lsn, p->pool_.get(),
-                                                  p->recovered_);
+  // Dedup and filter route finished messages in line (done == out), keeping LSN order.
+  if (s.dedup.snapshot_path.empty()) s.dedup.snapshot_path = (std::filesystem::path(s.data_dir) / "dedup.snapshot").string();
+  if (s.dedup_duplicates_log) s.dedup.duplicates_log_path = (std::filesystem::path(s.data_dir) / "duplicates.log").string();
+  s.dedup.forwarded_through_lsn = report.checkpoint_lsn;
+  auto dedup = stages::DedupStage::Create(s.dedup, p->parsed_, p->deduped_, p->deduped_);
+  if (!dedup) return dedup.error();
+  p->pending_dedup_ = std::move(dedup).value();
+  p->dedup_ = p->pending_dedup_.get();
+  auto quarantine = stages::QuarantineStore::Open((std::filesystem::path(s.data_dir) / "quarantine").string());
+  if (!quarantine) return quarantine.error();
+  p->quarantine_ = std::move(quarantine).value();
+  if (p->quarantine_->cut_bytes() > 0) {
+    fmt::print(stderr, "mailrail: quarantine: cut a torn tail of {} bytes (never reported as quarantined)\n",
+               p->quarantine_->cut_bytes());
+  }
+  s.filter.quarantine = p->quarantine_.get();
+  auto filter = stages::FilterStage::Create(s.filter, p->deduped_, p->filtered_, p->filtered_);
+  if (!filter) return filter.error();
+  p->pending_filter_ = std::move(filter).value();
+  p->filter_ = p->pending_filter_.get();
+
+  // Records after the dedup snapshot and up to the checkpoint are re-fed only to rebuild the set.
+  const std::uint64_t refeed_after = std::min(report.checkpoint_lsn, p->pending_dedup_->snapshot_lsn());
+  auto recovery =
+      stages::WalRecoverySource::Open(s.wal.dir, refeed_after, report.next_lsn, p->pool_.get(), p->recovered_);
   if (!recovery) return recovery.error();
   Pipeline* self = p.get();
-  auto sink = stages::JsonlSink::Create(s.jsonl_path, p->parsed_, p->pool_.get(), [self](std::uint64_t lsn) {
+  auto sink = stages::JsonlSink::Create(s.jsonl_path, p->filtered_, p->pool_.get(), [self](std::uint64_t lsn) {
     // The sink's output is durable through `lsn`: record it, then let the WAL retire segments
     // that no source still needs to find its resume position in.
     if (auto status = storage::WriteCheckpoint(self->settings_.wal.dir, lsn); !status) {
       fmt::print(stderr, "mailrail: forward checkpoint: {}\n", status.error().message);
       return;
     }
-    const std::uint64_t floor = self->retention_floor_ ? self->retention_floor_() : lsn;
-    self->writer_->set_forwarded_lsn(std::min(lsn, floor));
+    std::uint64_t floor = std::min(lsn, self->dedup_->durable_snapshot_lsn());
+    if (self->retention_floor_) floor = std::min(floor, self->retention_floor_());
+    self->writer_->set_forwarded_lsn(floor);
   });
   if (!sink) return sink.error();
 
@@ -78,7 +104,9 @@ base::Status Pipeline::Start() {
              {durable_});
   parse_ = static_cast<stages::ParseStage*>(
       t.AddStage(std::make_unique<stages::ParseStage>(durable_, parsed_), {durable_}, {parsed_}));
-  t.AddStage(std::move(pending_sink_), {parsed_}, {});
+  t.AddStage(std::move(pending_dedup_), {parsed_}, {deduped_});
+  t.AddStage(std::move(pending_filter_), {deduped_}, {filtered_});
+  t.AddStage(std::move(pending_sink_), {filtered_}, {});
   return t.Start();
 }
 

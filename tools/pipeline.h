@@ -1,14 +1,22 @@
 #pragma once
 // Pipeline: what every mailrail process runs between its source and its terminal stage,
 //
-//   source ─► wal ─► parse ─► terminal (JSONL file)
-//   WAL recovery ─┘            └─ forward checkpoint: "forwarded through LSN N"
+//   source ─► wal ─► parse ─► dedup ─► filter ─► terminal (JSONL file)
+//   WAL recovery ─┘                      │         └─ forward checkpoint: "forwarded through LSN N"
+//                                        └─ quarantine store (<data_dir>/quarantine)
 //
-// wired into one engine::Topology. Open() opens the WAL in <data_dir>/wal (cutting a torn tail),
-// reads the forward checkpoint, and prepares a WalRecoverySource that re-feeds every record after
-// the checkpoint before new input is taken: a restarted process resumes exactly where the last
-// one stopped. The terminal stage fdatasyncs its output periodically and then durably advances the
-// forward checkpoint, which lets the WAL delete forwarded segments.
+// wired into one engine::Topology. Every message travels the whole chain in LSN order: dedup and
+// filter mark the messages whose journey ends with them (duplicate, dropped, quarantined) and pass
+// them on, so the terminal stage counts every outcome once and its checkpoint is simply the
+// highest LSN it has made durable.
+// Open() opens the WAL in <data_dir>/wal (cutting a torn tail), reads the forward checkpoint and
+// the dedup snapshot, and prepares a WalRecoverySource that re-feeds every record after
+// min(forward checkpoint, dedup snapshot LSN) before new input is taken: records up to the
+// checkpoint only rebuild the dedup set, the rest are processed again. A restarted process thus
+// resumes exactly where the last one stopped, and a duplicate of a message seen before the
+// restart is still caught. The terminal stage fdatasyncs its output periodically and then durably
+// advances the forward checkpoint; the WAL deletes segments below both that checkpoint and the
+// last dedup snapshot (and the source's resume floor).
 //
 // Threading: build and Start from one thread; RequestStop from any; Report from any while running.
 // Ownership: owns the WAL writer, the message pool, the topology and through it every stage.
@@ -20,9 +28,12 @@
 #include "engine/base/result.h"
 #include "engine/stats.h"
 #include "engine/topology.h"
+#include "stages/dedup_stage.h"
+#include "stages/filter_stage.h"
 #include "stages/jsonl_sink.h"
 #include "stages/message.h"
 #include "stages/parse_stage.h"
+#include "stages/quarantine_store.h"
 #include "stages/wal_recovery_source.h"
 #include "stages/wal_stage.h"
 #include "storage/wal_writer.h"
@@ -37,6 +48,11 @@ struct PipelineSettings {
   std::size_t in_flight_messages = 65536;
   std::size_t in_flight_bytes = 256u << 20;
   std::string jsonl_path;  // terminal stage output
+  // snapshot_path empty: <data_dir>/dedup.snapshot; forwarded_through_lsn is set by Open.
+  stages::DedupStageConfig dedup;
+  bool dedup_duplicates_log = false;  // <data_dir>/duplicates.log
+  // rules: a file or "builtin:default"; quarantine is opened by Open in <data_dir>/quarantine.
+  stages::FilterStageConfig filter;
 };
 
 class Pipeline {
@@ -69,6 +85,9 @@ class Pipeline {
   const stages::WalRecoverySource& recovery() const { return *recovery_; }
   const stages::JsonlSink& sink() const { return *sink_; }
   const stages::ParseStage& parse() const { return *parse_; }
+  const stages::DedupStage& dedup() const { return *dedup_; }
+  stages::FilterStage& filter() { return *filter_; }
+  const stages::QuarantineStore& quarantine() const { return *quarantine_; }
   const storage::WalWriter& wal() const { return *writer_; }
 
  private:
@@ -82,8 +101,15 @@ class Pipeline {
   engine::Channel<stages::Message*>* recovered_ = nullptr;
   engine::Channel<stages::Message*>* durable_ = nullptr;
   engine::Channel<stages::Message*>* parsed_ = nullptr;
+  engine::Channel<stages::Message*>* deduped_ = nullptr;
+  engine::Channel<stages::Message*>* filtered_ = nullptr;
   stages::WalRecoverySource* recovery_ = nullptr;
   stages::ParseStage* parse_ = nullptr;
+  std::unique_ptr<stages::QuarantineStore> quarantine_;
+  std::unique_ptr<stages::DedupStage> pending_dedup_;  // added to the topology by Start
+  std::unique_ptr<stages::FilterStage> pending_filter_;
+  stages::DedupStage* dedup_ = nullptr;
+  stages::FilterStage* filter_ = nullptr;
   std::unique_ptr<stages::JsonlSink> pending_sink_;  // added to the topology by Start
   stages::JsonlSink* sink_ = nullptr;
   bool has_source_ = false;

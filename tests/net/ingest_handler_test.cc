@@ -2,11 +2,15 @@
 // for the WAL that acknowledges durability of what it pops from the ingest channel.
 #include "net/ingest_handler.h"
 
+#include <chrono>
+#include <thread>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "tests/net/acking_consumer.h"
 #include "tests/net/test_util.h"
@@ -214,6 +218,10 @@ TEST_F(IngestBackpressureTest, NoAnswerBeforeDurableAnd503WhenThePoolIsExhausted
   RawClient first(harness_.port()), second(harness_.port()), third(harness_.port());
   ASSERT_TRUE(first.Send(Post("/ingest", "message/rfc822", kRawMessage)));
   ASSERT_TRUE(second.Send(Post("/ingest", "message/rfc822", kRawMessage)));
+  // Both requests hold their slot before the third one arrives (bounded wait for the server).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pool_.slots_in_flight() < 2 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  ASSERT_EQ(pool_.slots_in_flight(), 2u);
   // Not durable yet: no answer (bounded wait for something that must not happen).
   EXPECT_EQ(first.ReadResponses(1, 300), "");
   // Both slots are in flight: the third request is refused with Retry-After.
