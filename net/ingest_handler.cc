@@ -220,7 +220,9 @@ void IngestHandler::Enqueue(HttpRequest& request, Responder responder, stages::I
       m->source.position.assign((*items)[i].position);
     } else {
       m->source.kind = stages::SourceKind::kWebhook;
-      m->source.id.assign("http-ingest");
+      const bool redrive = request.HasHeader("x-mailrail-redrive");
+      m->source.id.assign(redrive ? stages::kRedriveSourceId : "http-ingest");
+      if (redrive) m->source.position.assign(request.Header("x-mailrail-redrive"));  // the quarantine id
     }
     m->ack_sink = this;
     m->ack_token = token;

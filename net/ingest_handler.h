@@ -5,7 +5,9 @@
 //
 //   POST /ingest          message/rfc822 (one raw message) or application/json (one Graph message
 //                         object, or an array of them: one Message per element) -> 202
-//                         {"lsns":[...]} after every message is durable.
+//                         {"lsns":[...]} after every message is durable. With the header
+//                         X-Mailrail-Redrive (sent by `mailrail quarantine redrive`) the messages
+//                         are re-drives from quarantine: dedup lets them through.
 //   POST /webhook/graph   ?validationToken=... -> 200 text/plain echoing the decoded token.
 //                         Otherwise a Graph notification collection {"value":[...]}: a
 //                         clientState that does not match the configured secret is discarded and

@@ -124,7 +124,9 @@ std::size_t DedupStage::RunOnce() {
     }
     const DedupAnswer& a = answers_[query_of_[i]];
     // Found with its own LSN: the same message re-fed after a restart, already in the snapshot.
-    const bool duplicate = a.duplicate && !(m->lsn != 0 && a.original_lsn == m->lsn);
+    // Re-driven from quarantine by an operator: its key is known (the quarantined copy) on purpose.
+    const bool duplicate =
+        a.duplicate && !(m->lsn != 0 && a.original_lsn == m->lsn) && m->source.id != kRedriveSourceId;
     if (duplicate) {
       ++duplicates;
       m->outcome = Outcome::kDuplicate;

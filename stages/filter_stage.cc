@@ -1,5 +1,7 @@
 #include "stages/filter_stage.h"
 
+#include <charconv>
+
 #include <fmt/format.h>
 
 #include <chrono>
@@ -110,6 +112,7 @@ std::size_t FilterStage::RunOnce() {
       out_.Add(m);
       continue;
     }
+    if (m->source.id == kRedriveSourceId && config_.quarantine != nullptr) NoteRedrive(*m);
     if (m->parse_failed) {
       m->record.action = FilterAction::kQuarantine;
       m->outcome = Outcome::kQuarantinedUnparseable;
@@ -155,6 +158,17 @@ std::size_t FilterStage::RunOnce() {
   out_.Flush();
   done_.Flush();
   return n;
+}
+
+void FilterStage::NoteRedrive(const Message& m) {
+  std::uint64_t id = 0;
+  const std::string& position = m.source.position;
+  const auto [end, error] = std::from_chars(position.data(), position.data() + position.size(), id);
+  // An unknown id is the operator's typo: the message is still processed, the marker skipped.
+  if (error != std::errc() || end != position.data() + position.size() ||
+      !config_.quarantine->MarkRedriven(id, WallMs()).has_value()) {
+    Bump(quarantine_errors_);
+  }
 }
 
 FilterStats FilterStage::Stats() const {

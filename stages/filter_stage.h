@@ -12,6 +12,8 @@
 //   done may be the same channel as out: every message then leaves through out in input (LSN)
 //   order. Messages that arrive with a final outcome (a duplicate, or settled before a restart,
 //   routed in line by dedup) pass through to out untouched and uncounted.
+// Re-drives: a message re-driven from quarantine (SourceRef::id == kRedriveSourceId) is marked
+//   redriven in the quarantine store (durably), then filtered like any other.
 // Record: spam_score, action, rules (fired rule and threshold ids) and labels are set; the id and
 //   label strings are copied into the message's arena, so they outlive a rule-set swap.
 // Counting: per action, and per (fired rule, final action) for every non-accept decision.
@@ -80,6 +82,7 @@ class FilterStage final : public engine::Stage {
   FilterStage(FilterStageConfig config, MessageChannel* in, MessageChannel* out, MessageChannel* done);
   void Install(std::shared_ptr<const RuleSet> rules);  // stage thread (or before start)
   void Decide(Message& message);
+  void NoteRedrive(const Message& message);  // records a re-drive from quarantine
   void Finish(Message* m) { (done_.channel() == out_.channel() ? out_ : done_).Add(m); }
 
   FilterStageConfig config_;

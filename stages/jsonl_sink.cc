@@ -61,6 +61,8 @@ void ReportOutcomes(const OutcomeCounters& c, const engine::LatencyHistogram& la
 void JsonlSink::Report(engine::Snapshot& s) const {
   s.Counter("stage_messages_in", static_cast<double>(counters_.total()), {{"stage", "forward"}},
             "messages the stage took from its input");
+  s.Gauge("forward_durable_lsn", static_cast<double>(durable_lsn()), {},
+          "highest LSN whose outcome is durable downstream (the forward checkpoint)");
   ReportOutcomes(counters_, latency_ns_, s);
 }
 
@@ -136,8 +138,8 @@ base::Status JsonlSink::WriteBuffer(bool sync) {
   last_sync_ = engine::Clock::now();
   if (buffered_lsn_ > synced_lsn_) {
     synced_lsn_ = buffered_lsn_;
+    if (on_durable_) on_durable_(synced_lsn_);  // the checkpoint first: durable_lsn() never runs ahead of it
     durable_lsn_.store(synced_lsn_, std::memory_order_release);
-    if (on_durable_) on_durable_(synced_lsn_);
   }
   return base::OkStatus();
 }

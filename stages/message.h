@@ -24,6 +24,12 @@ enum class SourceKind : std::uint8_t { kReplay, kWebhook, kImap, kGraph };
 
 // Where the message came from; `position` is source-specific (byte offset in a dump, IMAP UID,
 // Graph id) and, with `id`, lets a source resume after a restart.
+// SourceRef::id of a message an operator re-drove from quarantine (`mailrail quarantine redrive`,
+// HTTP header X-Mailrail-Redrive, whose value, the quarantine id, is SourceRef::position): dedup
+// lets it through although its key is already known, and the filter records the re-drive in the
+// quarantine store.
+inline constexpr std::string_view kRedriveSourceId = "redrive";
+
 struct SourceRef {
   SourceKind kind = SourceKind::kReplay;
   std::string id;        // dump path, mailbox, subscription

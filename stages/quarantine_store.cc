@@ -1,6 +1,9 @@
 #include "stages/quarantine_store.h"
 
+#include "engine/base/check.h"
+
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -44,14 +47,18 @@ base::Error IoError(const std::string& what, const std::string& path) {
 
 }  // namespace
 
-base::Result<std::unique_ptr<QuarantineStore>> QuarantineStore::Open(const std::string& dir) {
+base::Result<std::unique_ptr<QuarantineStore>> QuarantineStore::Open(const std::string& dir, Access access) {
+  const bool writer = access == Access::kWriter;
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  if (writer) std::filesystem::create_directories(dir, ec);
   if (ec) return base::MakeError("quarantine.io", "cannot create " + dir + ": " + ec.message());
   const std::string path = dir + "/quarantine.log";
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  const int fd = ::open(path.c_str(), writer ? O_RDWR | O_CREAT | O_CLOEXEC : O_RDONLY | O_CLOEXEC, 0644);
   if (fd < 0) return IoError("cannot open", path);
-  std::unique_ptr<QuarantineStore> store(new QuarantineStore(fd, path));
+  std::unique_ptr<QuarantineStore> store(new QuarantineStore(fd, path, writer));
+  if (writer && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    return base::MakeError("quarantine.busy", path + " is in use by another process (a running daemon?)");
+  }
   struct stat st {};
   if (::fstat(fd, &st) != 0) return IoError("cannot stat", path);
   std::string data(static_cast<std::size_t>(st.st_size), '\0');
@@ -81,7 +88,7 @@ base::Result<std::unique_ptr<QuarantineStore>> QuarantineStore::Open(const std::
     offset += Padded(kHeader + reason_len + raw_len);
   }
   offset = std::min<std::uint64_t>(offset, data.size());
-  if (offset < data.size()) {
+  if (offset < data.size() && writer) {
     store->cut_bytes_ = data.size() - offset;
     if (::ftruncate(fd, static_cast<off_t>(offset)) != 0 || ::fdatasync(fd) != 0) return IoError("cannot cut", path);
   }
@@ -91,7 +98,7 @@ base::Result<std::unique_ptr<QuarantineStore>> QuarantineStore::Open(const std::
 
 QuarantineStore::~QuarantineStore() {
   std::lock_guard lock(mutex_);
-  (void)SyncLocked();
+  if (writer_) (void)SyncLocked();
   ::close(fd_);
 }
 
@@ -118,6 +125,7 @@ void QuarantineStore::Encode(std::uint32_t type, std::uint64_t id, std::uint64_t
 std::uint64_t QuarantineStore::Append(std::uint64_t lsn, std::int64_t time_ms, std::string_view reason,
                                       std::string_view raw) {
   std::lock_guard lock(mutex_);
+  MR_CHECK(writer_) << "Append on a quarantine store opened for reading";
   if (lsn != 0) {
     if (const auto it = id_by_lsn_.find(lsn); it != id_by_lsn_.end()) return it->second;
   }
@@ -175,6 +183,7 @@ base::Result<std::string> QuarantineStore::ReadRaw(std::uint64_t id) const {
 
 base::Status QuarantineStore::MarkRedriven(std::uint64_t id, std::int64_t time_ms) {
   std::lock_guard lock(mutex_);
+  MR_CHECK(writer_) << "MarkRedriven on a quarantine store opened for reading";
   if (id == 0 || id > entries_.size()) {
     return base::MakeError("quarantine.not_found", "no quarantined message " + std::to_string(id));
   }

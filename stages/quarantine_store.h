@@ -17,6 +17,10 @@
 //   before it reports a quarantined message as finished, so a finished quarantined message is
 //   never lost. Open() reads every record; the first invalid one (torn write at a crash) and all
 //   after it are cut, and the cut is reported (cut_bytes). Only records never synced can be cut.
+// Access: one writer process at a time (an exclusive flock on the log; a second writer gets
+//   "quarantine.busy"). Readers (`mailrail quarantine list/show` beside a running daemon) open
+//   with Access::kReader: they read the records complete so far and never cut or write; the
+//   writer records re-drives (MarkRedriven) when a re-driven message reaches the filter.
 // Threading: every method may be called from any thread; one mutex serialises them (appends are
 //   rare: one per quarantined message, synced once per filter batch).
 
@@ -44,7 +48,8 @@ struct QuarantineEntry {
 
 class QuarantineStore {
  public:
-  static base::Result<std::unique_ptr<QuarantineStore>> Open(const std::string& dir);
+  enum class Access : std::uint8_t { kWriter, kReader };
+  static base::Result<std::unique_ptr<QuarantineStore>> Open(const std::string& dir, Access access = Access::kWriter);
   ~QuarantineStore();
   QuarantineStore(const QuarantineStore&) = delete;
   QuarantineStore& operator=(const QuarantineStore&) = delete;
@@ -63,7 +68,7 @@ class QuarantineStore {
   std::uint64_t cut_bytes() const { return cut_bytes_; }
 
  private:
-  QuarantineStore(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  QuarantineStore(int fd, std::string path, bool writer) : fd_(fd), path_(std::move(path)), writer_(writer) {}
   void Encode(std::uint32_t type, std::uint64_t id, std::uint64_t lsn, std::int64_t time_ms, std::string_view reason,
               std::string_view raw);
   base::Status SyncLocked();
@@ -71,6 +76,7 @@ class QuarantineStore {
   mutable std::mutex mutex_;
   int fd_;
   std::string path_;
+  bool writer_;
   std::uint64_t file_bytes_ = 0;  // synced + written
   std::string pending_;
   std::vector<QuarantineEntry> entries_;

@@ -4,6 +4,7 @@
 #include <mimalloc.h>
 
 #include "tools/cmd_dlq.h"
+#include "tools/cmd_quarantine.h"
 #include "tools/cmd_replay.h"
 #include "tools/cmd_run.h"
 #include "tools/cmd_stats.h"
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
   mailrail::tools::AddReplayCommand(app);
   mailrail::tools::AddStatsCommands(app);
   mailrail::tools::AddDlqCommands(app);
+  mailrail::tools::AddQuarantineCommands(app);
   mailrail::tools::AddWalCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;

@@ -20,8 +20,9 @@ import urllib.request
 BIN = sys.argv.pop(1)
 
 
-def message(i):
-    return (f"From: Sender {i} <s{i}@example.com>\r\nTo: ops@corp.example\r\nSubject: test {i}\r\n"
+def message(i, subject=None):
+    subject = subject or f"test {i}"
+    return (f"From: Sender {i} <s{i}@example.com>\r\nTo: ops@corp.example\r\nSubject: {subject}\r\n"
             f"Date: Mon, 4 May 2026 10:00:00 +0000\r\nMessage-ID: <daemon-{i}@example.com>\r\n\r\nbody {i}\r\n").encode()
 
 
@@ -62,6 +63,27 @@ class Daemon:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+    def outcomes(self):
+        stats = json.loads(read_stats(os.path.join(self.tmp, "stats.sock")))
+        return {x["outcome"]: x["value"] for x in stats["messages_final"]}
+
+    def durable_lsn(self):
+        stats = json.loads(read_stats(os.path.join(self.tmp, "stats.sock")))
+        return stats["forward_durable_lsn"]
+
+    def wait_outcomes(self, expected, timeout=10):
+        """Polls the stats socket (an event source) until the final outcomes include `expected`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.outcomes()
+            if all(got.get(k) == v for k, v in expected.items()):
+                return got
+        return self.outcomes()
+
+    def ingest(self, raw):
+        status, body = self.request("POST", "/ingest", raw, {"Content-Type": "message/rfc822"})
+        assert status == 202, (status, body)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -146,13 +168,81 @@ class DaemonTest(unittest.TestCase):
         self.assertIn('mailrail_messages_final{outcome="forwarded"} 10', metrics)
         self.assertEqual(d.stop(), 0)
 
-    def test_sighup_is_logged_and_the_daemon_keeps_serving(self):
-        d = Daemon(self.tmp)
+    def test_sighup_reloads_rules_and_keeps_the_old_ones_when_the_file_is_invalid(self):
+        rules = os.path.join(self.tmp, "rules.toml")
+
+        def write_rules(word, action="drop"):
+            with open(rules, "w") as f:
+                f.write(f'[[rule]]\nid = "t.{word}"\nkind = "subject"\nkeywords = ["{word}"]\naction = "{action}"\n')
+
+        write_rules("alpha")
+        d = Daemon(self.tmp, '[filter]\nrules = "rules.toml"\n')  # relative to the config file
+        d.ingest(message(1, "alpha one"))
+        self.assertEqual(d.wait_outcomes({"dropped_by_rule": 1})["dropped_by_rule"], 1)
+        write_rules("beta", action="dropp")
         d.proc.send_signal(signal.SIGHUP)
         reload = d.wait_for("reload")
-        self.assertIn("result", reload)
+        self.assertEqual(reload["result"], "rejected")
+        self.assertIn("rules.toml:5: rule 't.beta': unknown action 'dropp'", reload["error"])
+        d.ingest(message(2, "alpha two"))  # the old rules are still in force
+        self.assertEqual(d.wait_outcomes({"dropped_by_rule": 2})["dropped_by_rule"], 2)
+        write_rules("beta")
+        d.proc.send_signal(signal.SIGHUP)
+        self.assertEqual(d.wait_for("reload")["result"], "ok")
+        d.ingest(message(3, "alpha three"))
+        d.ingest(message(4, "beta four"))
+        got = d.wait_outcomes({"dropped_by_rule": 3, "forwarded": 1})
+        self.assertEqual((got["dropped_by_rule"], got["forwarded"]), (3, 1))
         status, _ = d.request("GET", "/health")
         self.assertEqual(status, 200)
+        self.assertEqual(d.stop(), 0)
+
+    def test_duplicates_are_caught_across_a_restart_and_unparseable_input_is_quarantined(self):
+        d = Daemon(self.tmp)
+        for i in range(5):
+            d.ingest(message(i))
+        d.ingest(message(0))
+        d.ingest(b"\r\n")  # no headers at all: unparseable
+        got = d.wait_outcomes({"forwarded": 5, "duplicate": 1, "quarantined_unparseable": 1})
+        self.assertEqual((got["forwarded"], got["duplicate"], got["quarantined_unparseable"]), (5, 1, 1))
+        deadline = time.monotonic() + 10  # the sink's fdatasync + checkpoint (every 100 ms)
+        while time.monotonic() < deadline and d.durable_lsn() < 7:
+            pass
+        self.assertEqual(d.durable_lsn(), 7)
+        d.proc.kill()  # no clean shutdown: dedup is rebuilt from its snapshot and the WAL
+        d.proc.wait(timeout=10)
+        d.proc.stderr.close()
+        d = Daemon(self.tmp)
+        d.ingest(message(3))
+        d.ingest(message(7))
+        got = d.wait_outcomes({"forwarded": 1, "duplicate": 1})
+        self.assertEqual((got["forwarded"], got["duplicate"]), (1, 1))
+        self.assertEqual(d.stop(), 0)
+        with open(os.path.join(self.tmp, "data", "records.jsonl")) as f:
+            ids = [json.loads(line)["message_id"] for line in f]
+        self.assertEqual(sorted(ids), sorted([f"daemon-{i}@example.com" for i in range(5)] + ["daemon-7@example.com"]))
+        data = os.path.join(self.tmp, "data")
+        listed = subprocess.run([BIN, "quarantine", "--data-dir", data, "list", "--json"],
+                                capture_output=True, text=True, timeout=10)
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        entries = [json.loads(line) for line in listed.stdout.splitlines()]
+        self.assertEqual(len(entries), 1)
+        self.assertEqual(entries[0]["reason"], "unparseable: no_headers")
+        self.assertFalse(entries[0]["redriven"])
+        shown = subprocess.run([BIN, "quarantine", "--data-dir", data, "show", str(entries[0]["id"])],
+                               capture_output=True, timeout=10)
+        self.assertEqual(shown.stdout, b"\r\n")
+        # Re-drive into a running daemon: not a duplicate, filtered again, and marked in the store.
+        d = Daemon(self.tmp)
+        out = subprocess.run([BIN, "quarantine", "--data-dir", data, "redrive", "--url",
+                              f"http://127.0.0.1:{d.port}", str(entries[0]["id"])],
+                             capture_output=True, text=True, timeout=20)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        got = d.wait_outcomes({"quarantined_unparseable": 1})
+        self.assertEqual(got["quarantined_unparseable"], 1)
+        listed = subprocess.run([BIN, "quarantine", "--data-dir", data, "list", "--json"],
+                                capture_output=True, text=True, timeout=10)
+        self.assertTrue(json.loads(listed.stdout.splitlines()[0])["redriven"])
         self.assertEqual(d.stop(), 0)
 
     def test_bad_config_names_file_line_and_key(self):

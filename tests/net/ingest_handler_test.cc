@@ -2,8 +2,6 @@
 // for the WAL that acknowledges durability of what it pops from the ingest channel.
 #include "net/ingest_handler.h"
 
-#include <chrono>
-#include <thread>
 #include <gtest/gtest.h>
 
 #include <chrono>
