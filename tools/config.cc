@@ -134,12 +134,6 @@ class TableReader {
   std::set<std::string> known_;
 };
 
-void GetMs(TableReader& r, std::string_view key, std::chrono::milliseconds& out, std::size_t min, std::size_t max) {
-  std::size_t ms = static_cast<std::size_t>(out.count());
-  r.GetRange(key, ms, min, max);
-  out = std::chrono::milliseconds(ms);
-}
-
 void ReadTopology(TableReader& top, DaemonConfig& config) {
   const toml::table* table = top.Subtable("topology");
   if (table == nullptr) return;
@@ -257,23 +251,11 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     DaemonConfig::Sink& sink = config.sink;
     r.GetChoice("kind", sink.kind, {"jsonl", "http"});
     r.Get("path", sink.path);
-    r.Get("url", sink.url);
-    if (sink.kind == "http" && sink.url.empty()) {
-      r.Fail(*t->get("kind"), "url", "is required when sink.kind = \"http\"");
+    if (sink.kind == "http") {
+      r.Fail(*t->get("kind"), "kind",
+             "\"http\" is not available in this build: the forward stage is not wired into the daemon yet (use "
+             "\"jsonl\"; `mailrail dlq` and bench_forward exercise the HTTP client)");
     }
-    if (!sink.url.empty() && sink.url.rfind("http://", 0) != 0 && sink.url.rfind("https://", 0) != 0) {
-      r.Fail(*t->get("url"), "url", "must start with http:// or https://");
-    }
-    r.Get("path_on_server", sink.path_on_server);
-    r.GetRange("batch_max_records", sink.batch_max_records, 1, 1'000'000);
-    std::size_t kib = sink.batch_max_bytes >> 10;
-    r.GetRange("batch_max_kib", kib, 1, 1 << 20);
-    sink.batch_max_bytes = kib << 10;
-    GetMs(r, "linger_ms", sink.linger, 0, 60'000);
-    r.GetRange("max_in_flight", sink.max_in_flight, 1, 1024);
-    r.GetRange("max_attempts", sink.max_attempts, 1, 1'000'000);
-    GetMs(r, "request_timeout_ms", sink.request_timeout, 1, 3'600'000);
-    r.Get("ca_file", sink.ca_file);
     r.RejectUnknown();
   }
   if (const toml::table* t = top.Subtable("wal")) {

@@ -47,17 +47,8 @@ struct DaemonConfig {
   } stats;
 
   struct Sink {
-    std::string kind = "jsonl";  // jsonl | http
+    std::string kind = "jsonl";  // jsonl (http: refused until the forward stage is wired in)
     std::string path;            // jsonl; default: <data_dir>/records.jsonl
-    std::string url;             // http: base URL of the downstream
-    std::string path_on_server = "/batch-metadata";
-    std::size_t batch_max_records = 500;
-    std::size_t batch_max_bytes = 1u << 20;
-    std::chrono::milliseconds linger{20};
-    std::size_t max_in_flight = 2;
-    std::size_t max_attempts = 10;
-    std::chrono::milliseconds request_timeout{30000};
-    std::string ca_file;         // https: trust these CAs instead of the system's
   } sink;
 
   struct Http {
