@@ -7,20 +7,12 @@
 #include <cerrno>
 #include <cstring>
 
+#include "engine/base/counters.h"
+
 namespace mailrail::stages {
 namespace {
 
 constexpr std::uint8_t kNoQuery = 0xFF;
-
-void Bump(std::atomic<std::uint64_t>& counter, std::uint64_t by = 1) {
-  counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
-}
-
-std::int64_t WallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 }  // namespace
 
@@ -83,12 +75,12 @@ std::size_t DedupStage::RunOnce() {
   const std::size_t n = in_->PopBatch(batch_);
   if (n == 0) {
     if (!finished_ && in_->IsDrained()) {
-      if (!config_.snapshot_path.empty() && !WriteSnapshot().has_value()) Bump(counters_.snapshot_errors);
+      if (!config_.snapshot_path.empty() && !WriteSnapshot().has_value()) base::BumpSingleWriter(counters_.snapshot_errors);
       finished_ = true;
     }
     return 0;
   }
-  const std::int64_t now_ms = WallMs();
+  const std::int64_t now_ms = base::UnixMs();
   std::size_t queries = 0;
   for (std::size_t i = 0; i < n; ++i) {
     Message& m = *batch_[i];
@@ -97,9 +89,9 @@ std::size_t DedupStage::RunOnce() {
     const DedupKey key = keyer_.KeyOf(m);
     m.record.dedup_key = key.fingerprint;
     switch (key.kind) {
-      case DedupKeyKind::kMessageId: Bump(counters_.keys_by_message_id); break;
-      case DedupKeyKind::kGraphId: Bump(counters_.keys_by_graph_id); break;
-      case DedupKeyKind::kContent: Bump(counters_.keys_by_content); break;
+      case DedupKeyKind::kMessageId: base::BumpSingleWriter(counters_.keys_by_message_id); break;
+      case DedupKeyKind::kGraphId: base::BumpSingleWriter(counters_.keys_by_graph_id); break;
+      case DedupKeyKind::kContent: base::BumpSingleWriter(counters_.keys_by_content); break;
     }
     queries_[queries] = DedupQuery{key.fingerprint, m.lsn, m.received_at_ms != 0 ? m.received_at_ms : now_ms};
     query_of_[i] = static_cast<std::uint8_t>(queries++);
@@ -142,11 +134,11 @@ std::size_t DedupStage::RunOnce() {
     [[maybe_unused]] const ssize_t written = ::write(duplicates_log_fd_, log_buffer_.data(), log_buffer_.size());
     log_buffer_.clear();
   }
-  Bump(counters_.in, n);
-  Bump(counters_.forwarded, forwarded);
-  Bump(counters_.passed_unparsed, unparsed);
-  Bump(counters_.duplicates, duplicates);
-  Bump(counters_.rebuilt, rebuilt);
+  base::BumpSingleWriter(counters_.in, n);
+  base::BumpSingleWriter(counters_.forwarded, forwarded);
+  base::BumpSingleWriter(counters_.passed_unparsed, unparsed);
+  base::BumpSingleWriter(counters_.duplicates, duplicates);
+  base::BumpSingleWriter(counters_.rebuilt, rebuilt);
   counters_.set_size.store(set_.size(), std::memory_order_relaxed);
   out_.Flush();
   done_.Flush();
@@ -167,7 +159,7 @@ void DedupStage::StepPeriodicSnapshot() {
     next_snapshot_ = engine::Clock::now() + config_.snapshot_interval;
     auto writer = DedupSnapshotWriter::Begin(set_, max_lsn_, config_.snapshot_path);
     if (!writer.has_value()) {
-      Bump(counters_.snapshot_errors);
+      base::BumpSingleWriter(counters_.snapshot_errors);
       return;
     }
     periodic_snapshot_ = std::move(writer.value());
@@ -175,10 +167,10 @@ void DedupStage::StepPeriodicSnapshot() {
   }
   if (!periodic_snapshot_->Step(set_)) return;
   if (periodic_snapshot_->Finish().has_value()) {
-    Bump(counters_.snapshots_written);
+    base::BumpSingleWriter(counters_.snapshots_written);
     durable_snapshot_lsn_.store(periodic_snapshot_lsn_, std::memory_order_release);
   } else {
-    Bump(counters_.snapshot_errors);
+    base::BumpSingleWriter(counters_.snapshot_errors);
   }
   periodic_snapshot_.reset();
 }
@@ -189,7 +181,7 @@ base::Status DedupStage::WriteSnapshot() {
   counters_.bytes_reserved.store(set_.bytes_reserved(), std::memory_order_relaxed);
   auto status = WriteDedupSnapshot(set_, max_lsn_, config_.snapshot_path);
   if (status.has_value()) {
-    Bump(counters_.snapshots_written);
+    base::BumpSingleWriter(counters_.snapshots_written);
     durable_snapshot_lsn_.store(max_lsn_, std::memory_order_release);
   }
   return status;

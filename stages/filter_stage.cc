@@ -1,25 +1,13 @@
 #include "stages/filter_stage.h"
 
-#include <charconv>
-
 #include <fmt/format.h>
 
+#include <charconv>
 #include <chrono>
 
+#include "engine/base/counters.h"
+
 namespace mailrail::stages {
-namespace {
-
-void Bump(std::atomic<std::uint64_t>& counter, std::uint64_t by = 1) {
-  counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
-}
-
-std::int64_t WallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 base::Result<std::unique_ptr<FilterStage>> FilterStage::Create(FilterStageConfig config, MessageChannel* in,
                                                                MessageChannel* out, MessageChannel* done) {
@@ -55,7 +43,7 @@ base::Status FilterStage::RequestReload() {
   auto rules = RuleSet::Load(config_.rules_path);
   std::lock_guard lock(pending_mutex_);
   if (!rules.has_value()) {
-    Bump(reload_failures_);
+    base::BumpSingleWriter(reload_failures_);
     last_reload_error_ = rules.error().message;
     return rules.error();
   }
@@ -79,10 +67,10 @@ void FilterStage::Decide(Message& message) {
   for (std::uint32_t l : decision_.labels) record.labels.push_back(message.arena.Copy(rules.label(l)));
   const auto action = static_cast<std::size_t>(decision_.action);
   for (std::uint32_t r : decision_.fired) {
-    Bump(active_->counts[r * 4]);
-    if (action != 0) Bump(active_->counts[r * 4 + action]);
+    base::BumpSingleWriter(active_->counts[r * 4]);
+    if (action != 0) base::BumpSingleWriter(active_->counts[r * 4 + action]);
   }
-  Bump(action_counts_[action]);
+  base::BumpSingleWriter(action_counts_[action]);
 }
 
 std::size_t FilterStage::RunOnce() {
@@ -96,9 +84,9 @@ std::size_t FilterStage::RunOnce() {
     }
     if (next && scratch_.Rebind(*next).has_value()) {
       Install(std::move(next));
-      Bump(reloads_);
+      base::BumpSingleWriter(reloads_);
     } else if (next) {
-      Bump(reload_failures_);  // no Hyperscan scratch for the new set: the old one stays
+      base::BumpSingleWriter(reload_failures_);  // no Hyperscan scratch for the new set: the old one stays
     }
   }
   const std::size_t n = in_->PopBatch(batch_);
@@ -116,10 +104,10 @@ std::size_t FilterStage::RunOnce() {
     if (m->parse_failed) {
       m->record.action = FilterAction::kQuarantine;
       m->outcome = Outcome::kQuarantinedUnparseable;
-      Bump(unparseable_);
+      base::BumpSingleWriter(unparseable_);
       if (config_.quarantine != nullptr) {
         reason_ = fmt::format("unparseable: {}", m->parse_error);
-        config_.quarantine->Append(m->lsn, WallMs(), reason_, m->raw);
+        config_.quarantine->Append(m->lsn, base::UnixMs(), reason_, m->raw);
         quarantined = true;
       }
       Finish(m);
@@ -143,18 +131,18 @@ std::size_t FilterStage::RunOnce() {
             if (r > 0) reason_.push_back(',');
             reason_.append(m->record.rules[r]);
           }
-          config_.quarantine->Append(m->lsn, WallMs(), reason_, m->raw);
+          config_.quarantine->Append(m->lsn, base::UnixMs(), reason_, m->raw);
           quarantined = true;
         }
         Finish(m);
         break;
     }
   }
-  Bump(in_count_, n - passed_final);
+  base::BumpSingleWriter(in_count_, n - passed_final);
   // Quarantined messages are durable in the store before anyone learns they are finished. On a
   // failed sync they are still finished (outcome counted), and the failure is counted: the WAL
   // keeps the original until the terminal stage checkpoints past it.
-  if (quarantined && !config_.quarantine->Sync().has_value()) Bump(quarantine_errors_);
+  if (quarantined && !config_.quarantine->Sync().has_value()) base::BumpSingleWriter(quarantine_errors_);
   out_.Flush();
   done_.Flush();
   return n;
@@ -166,8 +154,8 @@ void FilterStage::NoteRedrive(const Message& m) {
   const auto [end, error] = std::from_chars(position.data(), position.data() + position.size(), id);
   // An unknown id is the operator's typo: the message is still processed, the marker skipped.
   if (error != std::errc() || end != position.data() + position.size() ||
-      !config_.quarantine->MarkRedriven(id, WallMs()).has_value()) {
-    Bump(quarantine_errors_);
+      !config_.quarantine->MarkRedriven(id, base::UnixMs()).has_value()) {
+    base::BumpSingleWriter(quarantine_errors_);
   }
 }
 

@@ -10,16 +10,13 @@
 
 #include <fmt/core.h>
 
+#include "engine/base/counters.h"
 #include "stages/record_json.h"
 
 namespace mailrail::stages {
 namespace {
 
 constexpr std::size_t kWriteThreshold = 1 << 20;
-
-void Bump(std::atomic<std::uint64_t>& counter, std::uint64_t by = 1) {
-  counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
-}
 
 }  // namespace
 
@@ -35,12 +32,12 @@ Outcome FinalOutcome(const Message& msg) {
 
 void CountOutcome(Outcome outcome, OutcomeCounters& c) {
   switch (outcome) {
-    case Outcome::kForwarded: Bump(c.forwarded); break;
-    case Outcome::kDuplicate: Bump(c.duplicates); break;
-    case Outcome::kDroppedByRule: Bump(c.dropped_by_rule); break;
-    case Outcome::kQuarantinedByRule: Bump(c.quarantined_by_rule); break;
-    case Outcome::kQuarantinedUnparseable: Bump(c.quarantined_unparseable); break;
-    case Outcome::kDeadLettered: Bump(c.dead_lettered); break;
+    case Outcome::kForwarded: base::BumpSingleWriter(c.forwarded); break;
+    case Outcome::kDuplicate: base::BumpSingleWriter(c.duplicates); break;
+    case Outcome::kDroppedByRule: base::BumpSingleWriter(c.dropped_by_rule); break;
+    case Outcome::kQuarantinedByRule: base::BumpSingleWriter(c.quarantined_by_rule); break;
+    case Outcome::kQuarantinedUnparseable: base::BumpSingleWriter(c.quarantined_unparseable); break;
+    case Outcome::kDeadLettered: base::BumpSingleWriter(c.dead_lettered); break;
     case Outcome::kSettledBeforeRestart: break;  // counted before the restart
     case Outcome::kInFlight: MR_CHECK(false) << "message counted while still in flight"; break;
   }
@@ -157,7 +154,7 @@ std::size_t JsonlSink::RunOnce() {
     if (outcome == Outcome::kForwarded) {
       AppendRecordJson(*msg, buffer_);
       buffer_ += '\n';
-      Bump(counters_.forwarded_bytes, msg->raw.size());
+      base::BumpSingleWriter(counters_.forwarded_bytes, msg->raw.size());
     }
     buffered_lsn_ = std::max(buffered_lsn_, msg->lsn);
     pool_->Release(msg);

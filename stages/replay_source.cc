@@ -13,6 +13,7 @@
 
 #include <fmt/core.h>
 
+#include "engine/base/counters.h"
 #include "storage/wal_format.h"
 #include "storage/wal_reader.h"
 
@@ -104,11 +105,6 @@ void SortedFiles(const fs::path& dir, bool recursive, std::vector<std::string>& 
   }
   std::sort(found.begin(), found.end());
   out.insert(out.end(), found.begin(), found.end());
-}
-
-std::int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 }  // namespace
@@ -359,7 +355,7 @@ bool ReplaySource::EmitPending() {
   msg->source.kind = SourceKind::kReplay;
   msg->source.id = input.path;
   msg->source.position = fmt::format("{}", m.position);
-  msg->received_at_ms = NowUnixMs();
+  msg->received_at_ms = base::UnixMs();
   msg->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
   msg->ack_sink = this;
   msg->ack_token = next_token_++;

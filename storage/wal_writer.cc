@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "engine/base/counters.h"
 #include "storage/checkpoint.h"
 
 namespace mailrail::storage {
@@ -25,11 +26,6 @@ base::Error Errno(const char* code, const std::string& what, int err) {
 }
 
 bool IsNoSpace(int err) { return err == ENOSPC || err == EDQUOT; }
-
-std::int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Writes all of [data, data + n) at `offset`, retrying short writes and EINTR.
 int PwriteAll(int fd, const std::byte* data, std::size_t n, std::uint64_t offset) {
@@ -229,7 +225,7 @@ base::Status WalWriter::CreateSegment(std::uint64_t first_lsn) {
     if (::ftruncate(fd, static_cast<off_t>(config_.segment_bytes)) != 0) return fail("ftruncate", errno);
   }
   std::byte header[kSegmentHeaderBytes];
-  EncodeSegmentHeader(header, first_lsn, UnixMs());
+  EncodeSegmentHeader(header, first_lsn, base::UnixMs());
   if (const int err = PwriteAll(fd, header, sizeof(header), 0); err != 0) return fail("write", err);
   if (::fsync(fd) != 0) return fail("fsync", errno);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename", errno);
