@@ -12,6 +12,8 @@
 #include <sstream>
 #include <toml++/toml.h>
 
+#include "stages/record_json.h"
+
 namespace mailrail::stages {
 namespace {
 
@@ -91,16 +93,6 @@ void SetBit(std::vector<std::uint64_t>& bits, std::uint32_t i) { bits[i >> 6] |=
 bool TestBit(const std::vector<std::uint64_t>& bits, std::uint32_t i) { return (bits[i >> 6] >> (i & 63)) & 1; }
 
 }  // namespace
-
-std::string_view FilterActionName(FilterAction action) {
-  switch (action) {
-    case FilterAction::kAccept: return "accept";
-    case FilterAction::kLabel: return "label";
-    case FilterAction::kQuarantine: return "quarantine";
-    case FilterAction::kDrop: return "drop";
-  }
-  return "accept";
-}
 
 // ---------------------------------------------------------------------------------------------
 // Loading: TOML files (with includes) into a RuleSet, then Hyperscan compilation.
@@ -227,7 +219,7 @@ base::Result<FilterAction> RuleSetBuilder::ParseAction(const toml::node& node, c
   const auto* s = node.as_string();
   const std::string value = s != nullptr ? s->get() : "";
   for (FilterAction a : {FilterAction::kAccept, FilterAction::kLabel, FilterAction::kQuarantine, FilterAction::kDrop}) {
-    if (value == FilterActionName(a)) return a;
+    if (value == ToString(a)) return a;
   }
   return Fail(file, node, rule, fmt::format("unknown action '{}' (accept, label, quarantine, drop)", value));
 }

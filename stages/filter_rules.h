@@ -41,8 +41,6 @@ namespace mailrail::stages {
 inline constexpr std::string_view kBuiltinDefaultRules = "builtin:default";
 std::string_view DefaultRulesText();
 
-std::string_view FilterActionName(FilterAction action);
-
 class RuleSet;
 
 // Per-thread evaluation state for one RuleSet at a time. Rebind() when the set changes.
