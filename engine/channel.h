@@ -44,6 +44,9 @@ class ChannelBase {
     producer_waiter_ = producer;
     consumer_waiter_ = consumer;
   }
+  // The waiter of the consuming stage's thread (null before the Topology wires it): a stage that
+  // also waits for something outside its channels (a network reply) notifies it to be run again.
+  Waiter* consumer_waiter() const { return consumer_waiter_; }
 
  protected:
   void WakeConsumer() const {

@@ -4,6 +4,8 @@
 #include <openssl/crypto.h>
 #include <simdjson.h>
 
+#include "stages/record_json.h"
+
 namespace mailrail::net {
 
 ControlApi::ControlApi(ControlService* service, ControlApiConfig config)
@@ -32,9 +34,9 @@ HttpResponse Unauthorized() {
 }
 
 HttpResponse Invalid(std::string_view reason) {
-  std::string body = "{\"detail\":\"";
-  AppendJsonEscaped(body, reason);
-  body += "\"}";
+  std::string body = "{\"detail\":";
+  stages::AppendJsonString(reason, body);
+  body += "}";
   return HttpResponse::Json(400, std::move(body));
 }
 
@@ -104,9 +106,7 @@ void ControlApi::Install(HttpServer& server) {
     std::string body = "{\"status\":\"unhealthy\",\"reasons\":[";
     for (std::size_t i = 0; i < report.reasons.size(); ++i) {
       if (i > 0) body += ',';
-      body += '"';
-      AppendJsonEscaped(body, report.reasons[i]);
-      body += '"';
+      stages::AppendJsonString(report.reasons[i], body);
     }
     body += "]}";
     responder.Send(HttpResponse::Json(503, std::move(body)));

@@ -12,7 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "net/http_message.h"
+#include "stages/record_json.h"
 
 namespace mailrail::net {
 namespace {
@@ -78,16 +78,16 @@ DeadLetterLog::~DeadLetterLog() {
 base::Status DeadLetterLog::Append(const DeadLetter& d) {
   std::string line;
   line.reserve(d.batch.size() + d.response_body.size() + 256);
-  line += "{\"batch_id\":\"";
-  AppendJsonEscaped(line, d.batch_id);
-  line += "\",\"idempotency_key\":\"";
-  AppendJsonEscaped(line, d.idempotency_key);
-  fmt::format_to(std::back_inserter(line), "\",\"first_lsn\":{},\"last_lsn\":{},\"records\":{},\"status\":{},\"error\":\"",
+  line += "{\"batch_id\":";
+  stages::AppendJsonString(d.batch_id, line);
+  line += ",\"idempotency_key\":";
+  stages::AppendJsonString(d.idempotency_key, line);
+  fmt::format_to(std::back_inserter(line), ",\"first_lsn\":{},\"last_lsn\":{},\"records\":{},\"status\":{},\"error\":",
                  d.first_lsn, d.last_lsn, d.records, d.status);
-  AppendJsonEscaped(line, d.error);
-  line += "\",\"response_body\":\"";
-  AppendJsonEscaped(line, d.response_body);
-  fmt::format_to(std::back_inserter(line), "\",\"dead_lettered_at_ms\":{},\"batch\":",
+  stages::AppendJsonString(d.error, line);
+  line += ",\"response_body\":";
+  stages::AppendJsonString(d.response_body, line);
+  fmt::format_to(std::back_inserter(line), ",\"dead_lettered_at_ms\":{},\"batch\":",
                  d.dead_lettered_at_ms != 0 ? d.dead_lettered_at_ms : NowMs());
   line += d.batch;
   line += "}\n";
@@ -95,9 +95,9 @@ base::Status DeadLetterLog::Append(const DeadLetter& d) {
 }
 
 base::Status DeadLetterLog::MarkRedriven(const std::string& batch_id, int status) {
-  std::string line = "{\"batch_id\":\"";
-  AppendJsonEscaped(line, batch_id);
-  fmt::format_to(std::back_inserter(line), "\",\"status\":{},\"redriven_at_ms\":{}}}\n", status, NowMs());
+  std::string line = "{\"batch_id\":";
+  stages::AppendJsonString(batch_id, line);
+  fmt::format_to(std::back_inserter(line), ",\"status\":{},\"redriven_at_ms\":{}}}\n", status, NowMs());
   return WriteDurably(redriven_fd_, line, dir_ + "/" + kRedriven);
 }
 

@@ -58,7 +58,5 @@ std::optional<std::string> QueryParam(std::string_view query, std::string_view n
 
 // Case-insensitive ASCII comparison.
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
-// Minimal JSON string escaping (quotes, backslash, control characters), appended to out.
-void AppendJsonEscaped(std::string& out, std::string_view text);
 
 }  // namespace mailrail::net

@@ -9,7 +9,7 @@
 
 #include "net/dead_letter_log.h"
 #include "net/dead_letter_redrive.h"
-#include "net/http_message.h"
+#include "stages/record_json.h"
 
 namespace mailrail::tools {
 namespace {
@@ -37,12 +37,12 @@ int RunList(const DlqFlags& flags) {
     const bool redriven = entries->IsRedriven(d.batch_id);
     if (!redriven) ++pending;
     if (flags.json) {
-      std::string line = "{\"batch_id\":\"";
-      net::AppendJsonEscaped(line, d.batch_id);
-      line += fmt::format("\",\"first_lsn\":{},\"last_lsn\":{},\"records\":{},\"status\":{},\"error\":\"", d.first_lsn,
+      std::string line = "{\"batch_id\":";
+      stages::AppendJsonString(d.batch_id, line);
+      line += fmt::format(",\"first_lsn\":{},\"last_lsn\":{},\"records\":{},\"status\":{},\"error\":", d.first_lsn,
                           d.last_lsn, d.records, d.status);
-      net::AppendJsonEscaped(line, d.error);
-      line += fmt::format("\",\"dead_lettered_at_ms\":{},\"redriven\":{}}}", d.dead_lettered_at_ms, redriven);
+      stages::AppendJsonString(d.error, line);
+      line += fmt::format(",\"dead_lettered_at_ms\":{},\"redriven\":{}}}", d.dead_lettered_at_ms, redriven);
       fmt::print("{}\n", line);
     } else {
       fmt::print("{:<28} lsn {:>10}-{:<10} {:>6} records  status {:>3}  {}{}\n", d.batch_id, d.first_lsn, d.last_lsn,

@@ -12,6 +12,7 @@
 #include "net/dead_letter_redrive.h"
 #include "net/http_message.h"
 #include "stages/quarantine_store.h"
+#include "stages/record_json.h"
 
 namespace mailrail::tools {
 namespace {
@@ -44,10 +45,10 @@ int RunList(const QuarantineFlags& flags) {
   for (const stages::QuarantineEntry& e : entries) {
     if (!e.redriven) ++pending;
     if (flags.json) {
-      std::string line = fmt::format(R"({{"id":{},"lsn":{},"time_ms":{},"raw_bytes":{},"redriven":{},"reason":")", e.id,
+      std::string line = fmt::format(R"({{"id":{},"lsn":{},"time_ms":{},"raw_bytes":{},"redriven":{},"reason":)", e.id,
                                      e.lsn, e.time_ms, e.raw_bytes, e.redriven);
-      net::AppendJsonEscaped(line, e.reason);
-      fmt::print("{}\"}}\n", line);
+      stages::AppendJsonString(e.reason, line);
+      fmt::print("{}}}\n", line);
     } else {
       fmt::print("{:>8}  lsn {:>10}  {:>9} bytes  {:<8}  {}\n", e.id, e.lsn, e.raw_bytes,
                  e.redriven ? "redriven" : "held", e.reason);

@@ -24,6 +24,7 @@ struct ReplayFlags {
   bool fresh = false;
   std::string wal_sync = "data";
   std::size_t in_flight_mib = 256;
+  std::size_t batch_records = 500;
 };
 
 base::Result<engine::TopologyConfig::Placement> ParsePlacement(const std::string& name) {
@@ -44,8 +45,10 @@ int RunReplay(const ReplayFlags& flags) {
     fmt::print(stderr, "mailrail replay: {}\n", placement.error().message);
     return 2;
   }
-  if (flags.sink.rfind("jsonl:", 0) != 0) {
-    fmt::print(stderr, "mailrail replay: unsupported sink '{}' (jsonl:FILE)\n", flags.sink);
+  const bool http_sink = flags.sink.rfind("http://", 0) == 0 || flags.sink.rfind("https://", 0) == 0;
+  if (flags.sink.rfind("jsonl:", 0) != 0 && !http_sink) {
+    fmt::print(stderr, "mailrail replay: unsupported sink '{}' (jsonl:FILE or http[s]://HOST:PORT[/PREFIX])\n",
+               flags.sink);
     return 2;
   }
   auto inputs = stages::ExpandReplayPaths(flags.paths, *format);
@@ -57,7 +60,13 @@ int RunReplay(const ReplayFlags& flags) {
   settings.data_dir = flags.data_dir;
   settings.topology.placement = *placement;
   settings.in_flight_bytes = flags.in_flight_mib << 20;
-  settings.jsonl_path = flags.sink.substr(6);
+  if (http_sink) {
+    settings.http_forward.emplace();
+    settings.http_forward->client.http.base_url = flags.sink;
+    settings.http_forward->client.batch_max_records = flags.batch_records;
+  } else {
+    settings.jsonl_path = flags.sink.substr(6);
+  }
   if (flags.wal_sync == "none") {
     settings.wal.sync = storage::WalConfig::Sync::kNone;
     fmt::print(stderr, "mailrail replay: WARNING: --wal-sync none: the WAL does not fdatasync; a crash loses data. "
@@ -124,12 +133,23 @@ int RunReplay(const ReplayFlags& flags) {
   fmt::print("filter: {} in, accepted {}, labelled {}, quarantined {}, dropped {}\n", filter.in,
              filter.by_action[0], filter.by_action[1], filter.by_action[2], filter.by_action[3]);
   fmt::print("outcomes: forwarded {}, duplicates {}, dropped by rule {}, quarantined by rule {}, "
-             "quarantined unparseable {}\n",
+             "quarantined unparseable {}, dead-lettered {}\n",
              out.forwarded.load(), out.duplicates.load(), out.dropped_by_rule.load(), out.quarantined_by_rule.load(),
-             out.quarantined_unparseable.load());
+             out.quarantined_unparseable.load(), out.dead_lettered.load());
+  if (const net::HttpForwardStage* forward = p.http_forward()) {
+    const net::ForwardStats& f = forward->client_stats();
+    fmt::print("forward: {} batches acknowledged, {} dead-lettered, {} retries, {} circuit opens\n",
+               f.batches_acknowledged.value(), f.batches_dead_lettered.value(), f.retries.value(),
+               f.circuit_opens.value());
+  }
   fmt::print("not ingested: unreadable files {}, messages over the size limit {}, skipped as already durable {}\n",
              in.unreadable_files.load(), in.rejected_too_large.load(), in.skipped_before_checkpoint.load());
   fmt::print("sink: {}\n", flags.sink);
+  if (out.dead_lettered.load() > 0) {
+    fmt::print(stderr, "mailrail replay: {} records went to the dead-letter log in {}/dlq (`mailrail dlq list`)\n",
+               out.dead_lettered.load(), flags.data_dir);
+    return 1;
+  }
   return in.unreadable_files.load() == 0 ? 0 : 1;
 }
 
@@ -140,7 +160,13 @@ void AddReplayCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("replay", "Replay captured dumps (mbox, Maildir, .eml trees, Graph JSONL, gzip) "
                                                "through the pipeline into a sink");
   cmd->add_option("paths", flags->paths, "Files or directories to replay")->required();
-  cmd->add_option("--sink", flags->sink, "Where records go: jsonl:FILE")->capture_default_str();
+  cmd->add_option("--sink", flags->sink,
+                  "Where records go: jsonl:FILE, or http[s]://HOST:PORT[/PREFIX] to POST batches to "
+                  "PREFIX/batch-metadata (dead letters in DATA_DIR/dlq)")
+      ->capture_default_str();
+  cmd->add_option("--batch-records", flags->batch_records, "Records per batch for an HTTP sink")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
   cmd->add_option("--format", flags->format, "auto, mbox, mboxrd, mboxo, mboxcl, mboxcl2, maildir, eml, jsonl")
       ->capture_default_str();
   cmd->add_option("--rate", flags->rate, "Messages per second (0: as fast as possible)")->check(CLI::NonNegativeNumber);

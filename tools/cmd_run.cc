@@ -94,6 +94,10 @@ class Daemon final : public net::ControlService {
     net::HealthReport report;
     if (const base::Error* failure = pipeline_->wal().failure()) report.reasons.push_back("wal: " + failure->message);
     if (pipeline_->wal().is_full()) report.reasons.push_back("wal: disk budget exhausted; ingest answers 503");
+    if (const net::HttpForwardStage* forward = pipeline_->http_forward();
+        forward != nullptr && forward->circuit_state() == net::CircuitState::kOpen) {
+      report.reasons.push_back("forward: downstream circuit open (batches wait for the next probe)");
+    }
     return report;
   }
 
@@ -162,6 +166,7 @@ int RunDaemon(const std::string& config_path) {
   settings.in_flight_messages = config.limits.in_flight_messages;
   settings.in_flight_bytes = config.limits.in_flight_bytes;
   settings.jsonl_path = config.sink.path;
+  if (config.sink.kind == "http") settings.http_forward = config.sink.forward;
   settings.wal = config.wal;
   settings.dedup = config.dedup;
   settings.dedup_duplicates_log = config.dedup_duplicates_log;

@@ -251,10 +251,36 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     DaemonConfig::Sink& sink = config.sink;
     r.GetChoice("kind", sink.kind, {"jsonl", "http"});
     r.Get("path", sink.path);
-    if (sink.kind == "http") {
-      r.Fail(*t->get("kind"), "kind",
-             "\"http\" is not available in this build: the forward stage is not wired into the daemon yet (use "
-             "\"jsonl\"; `mailrail dlq` and bench_forward exercise the HTTP client)");
+    net::ForwardConfig& forward = sink.forward.client;
+    r.Get("url", forward.http.base_url);
+    r.Get("batch_path", forward.path);
+    r.GetRange("connections", forward.http.max_connections, 1, 256);
+    r.Get("verify_peer", forward.http.verify_peer);
+    r.Get("ca_file", forward.http.ca_file);
+    r.GetRange("batch_max_records", forward.batch_max_records, 1, 1'000'000);
+    std::size_t batch_kib = forward.batch_max_bytes >> 10;
+    r.GetRange("batch_max_kib", batch_kib, 1, 1 << 20);
+    forward.batch_max_bytes = batch_kib << 10;
+    r.GetRange("max_in_flight", forward.max_in_flight, 1, 256);
+    std::size_t buffered_mib = forward.max_buffered_bytes >> 20;
+    r.GetRange("max_buffered_mib", buffered_mib, 1, 1 << 16);
+    forward.max_buffered_bytes = buffered_mib << 20;
+    r.GetRange("max_attempts", forward.max_attempts, 1, 1000);
+    r.GetRange("breaker_threshold", forward.breaker_threshold, 1, 1000);
+    auto get_ms = [&r](std::string_view key, std::chrono::milliseconds& out, std::size_t min, std::size_t max) {
+      std::size_t ms = static_cast<std::size_t>(out.count());
+      r.GetRange(key, ms, min, max);
+      out = std::chrono::milliseconds(ms);
+    };
+    get_ms("linger_ms", forward.linger, 0, 60'000);
+    get_ms("request_timeout_ms", forward.http.request_timeout, 1, 600'000);
+    get_ms("backoff_base_ms", forward.backoff_base, 1, 600'000);
+    get_ms("backoff_max_ms", forward.backoff_max, 1, 3'600'000);
+    get_ms("retry_after_max_ms", forward.retry_after_max, 1, 24 * 3'600'000);
+    get_ms("breaker_open_ms", forward.breaker_open, 1, 3'600'000);
+    get_ms("checkpoint_interval_ms", sink.forward.checkpoint_interval, 1, 60'000);
+    if (sink.kind == "http" && forward.http.base_url.empty()) {
+      r.Fail(*t->get("kind"), "kind", "\"http\" needs sink.url (the downstream, e.g. \"http://127.0.0.1:9000\")");
     }
     r.RejectUnknown();
   }

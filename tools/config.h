@@ -15,6 +15,7 @@
 
 #include "engine/base/result.h"
 #include "engine/topology.h"
+#include "net/http_forward_stage.h"
 #include "stages/dedup_stage.h"
 #include "storage/wal_writer.h"
 
@@ -47,8 +48,10 @@ struct DaemonConfig {
   } stats;
 
   struct Sink {
-    std::string kind = "jsonl";  // jsonl (http: refused until the forward stage is wired in)
+    std::string kind = "jsonl";  // jsonl | http
     std::string path;            // jsonl; default: <data_dir>/records.jsonl
+    // http: forward.client.http.base_url is sink.url (required); dead letters in <data_dir>/dlq.
+    net::HttpForwardConfig forward;
   } sink;
 
   struct Http {

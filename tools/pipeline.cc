@@ -71,9 +71,13 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
       stages::WalRecoverySource::Open(s.wal.dir, refeed_after, report.next_lsn, p->pool_.get(), p->recovered_);
   if (!recovery) return recovery.error();
   Pipeline* self = p.get();
-  auto sink = stages::JsonlSink::Create(s.jsonl_path, p->filtered_, p->pool_.get(), [self](std::uint64_t lsn) {
-    // The sink's output is durable through `lsn`: record it, then let the WAL retire segments
-    // that no source still needs to find its resume position in.
+  const std::uint64_t checkpoint_at_open = report.checkpoint_lsn;
+  stages::TerminalStage::DurableCallback on_durable = [self, checkpoint_at_open](std::uint64_t lsn) {
+    // The terminal stage's output is durable through `lsn`: record it, then let the WAL retire
+    // segments that no source still needs to find its resume position in. While the records
+    // re-fed only to rebuild the dedup set pass by, `lsn` is still below the checkpoint found at
+    // start: the checkpoint never moves back.
+    if (lsn <= checkpoint_at_open) return;
     if (auto status = storage::WriteCheckpoint(self->settings_.wal.dir, lsn); !status) {
       fmt::print(stderr, "mailrail: forward checkpoint: {}\n", status.error().message);
       return;
@@ -81,11 +85,23 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
     std::uint64_t floor = std::min(lsn, self->dedup_->durable_snapshot_lsn());
     if (self->retention_floor_) floor = std::min(floor, self->retention_floor_());
     self->writer_->set_forwarded_lsn(floor);
-  });
-  if (!sink) return sink.error();
+  };
+  if (s.http_forward.has_value()) {
+    net::HttpForwardConfig& forward = *s.http_forward;
+    if (forward.client.dead_letter_dir.empty()) {
+      forward.client.dead_letter_dir = (std::filesystem::path(s.data_dir) / "dlq").string();
+    }
+    auto stage = net::HttpForwardStage::Create(forward, p->filtered_, p->pool_.get(), std::move(on_durable));
+    if (!stage) return stage.error();
+    p->http_forward_ = stage.value().get();
+    p->pending_sink_ = std::move(stage).value();
+  } else {
+    auto sink = stages::JsonlSink::Create(s.jsonl_path, p->filtered_, p->pool_.get(), std::move(on_durable));
+    if (!sink) return sink.error();
+    p->pending_sink_ = std::move(sink).value();
+  }
 
   p->recovery_ = static_cast<stages::WalRecoverySource*>(t.AddStage(std::move(recovery).value(), {}, {p->recovered_}));
-  p->pending_sink_ = std::move(sink).value();
   p->sink_ = p->pending_sink_.get();
   return p;
 }

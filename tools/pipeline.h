@@ -1,7 +1,7 @@
 #pragma once
 // Pipeline: what every mailrail process runs between its source and its terminal stage,
 //
-//   source ─► wal ─► parse ─► dedup ─► filter ─► terminal (JSONL file)
+//   source ─► wal ─► parse ─► dedup ─► filter ─► terminal (HTTP downstream or JSONL file)
 //   WAL recovery ─┘                      │         └─ forward checkpoint: "forwarded through LSN N"
 //                                        └─ quarantine store (<data_dir>/quarantine)
 //
@@ -23,17 +23,20 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "engine/base/result.h"
 #include "engine/stats.h"
 #include "engine/topology.h"
+#include "net/http_forward_stage.h"
 #include "stages/dedup_stage.h"
 #include "stages/filter_stage.h"
 #include "stages/jsonl_sink.h"
 #include "stages/message.h"
 #include "stages/parse_stage.h"
 #include "stages/quarantine_store.h"
+#include "stages/terminal_stage.h"
 #include "stages/wal_recovery_source.h"
 #include "stages/wal_stage.h"
 #include "storage/wal_writer.h"
@@ -47,7 +50,10 @@ struct PipelineSettings {
   std::size_t ring_capacity = 4096;
   std::size_t in_flight_messages = 65536;
   std::size_t in_flight_bytes = 256u << 20;
-  std::string jsonl_path;  // terminal stage output
+  // Terminal stage: the HTTP forward stage when set (client.dead_letter_dir empty:
+  // <data_dir>/dlq), else a JSONL file at jsonl_path (empty: <data_dir>/records.jsonl).
+  std::optional<net::HttpForwardConfig> http_forward;
+  std::string jsonl_path;
   // snapshot_path empty: <data_dir>/dedup.snapshot; forwarded_through_lsn is set by Open.
   stages::DedupStageConfig dedup;
   bool dedup_duplicates_log = false;  // <data_dir>/duplicates.log
@@ -83,7 +89,9 @@ class Pipeline {
   void Report(engine::Snapshot& snapshot) const;
   const storage::WalOpenReport& wal_open_report() const { return writer_->open_report(); }
   const stages::WalRecoverySource& recovery() const { return *recovery_; }
-  const stages::JsonlSink& sink() const { return *sink_; }
+  const stages::TerminalStage& sink() const { return *sink_; }
+  // The HTTP forward stage, or null when the terminal stage is a JSONL file.
+  const net::HttpForwardStage* http_forward() const { return http_forward_; }
   const stages::ParseStage& parse() const { return *parse_; }
   const stages::DedupStage& dedup() const { return *dedup_; }
   stages::FilterStage& filter() { return *filter_; }
@@ -110,8 +118,9 @@ class Pipeline {
   std::unique_ptr<stages::FilterStage> pending_filter_;
   stages::DedupStage* dedup_ = nullptr;
   stages::FilterStage* filter_ = nullptr;
-  std::unique_ptr<stages::JsonlSink> pending_sink_;  // added to the topology by Start
-  stages::JsonlSink* sink_ = nullptr;
+  std::unique_ptr<stages::TerminalStage> pending_sink_;  // added to the topology by Start
+  stages::TerminalStage* sink_ = nullptr;
+  net::HttpForwardStage* http_forward_ = nullptr;
   bool has_source_ = false;
   std::function<std::uint64_t()> retention_floor_;
 };

@@ -18,6 +18,7 @@ import unittest
 import urllib.request
 
 BIN = sys.argv.pop(1)
+DOWNSTREAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "net", "downstream.py")
 
 
 def message(i, subject=None):
@@ -143,6 +144,47 @@ class DaemonTest(unittest.TestCase):
         with open(os.path.join(self.tmp, "data", "records.jsonl")) as f:
             ids = {json.loads(line)["message_id"] for line in f}
         self.assertEqual(ids, {f"daemon-{i}@example.com" for i in range(50)})
+
+    def test_http_sink_delivers_everything_through_faults_and_shows_the_open_circuit(self):
+        downstream = subprocess.Popen([sys.executable, DOWNSTREAM], stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(downstream.stdout.readline().split()[1])
+            plan = json.dumps([{"status": 503}, {"status": 500}, {"status": 500}]).encode()
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/_control/plan", data=plan,
+                                                          method="POST"), timeout=5).read()
+            d = Daemon(self.tmp, f'[sink]\nkind = "http"\nurl = "http://127.0.0.1:{port}"\nlinger_ms = 2\n'
+                                 f'max_in_flight = 1\nbackoff_base_ms = 1\nbackoff_max_ms = 5\n'
+                                 f'breaker_threshold = 2\nbreaker_open_ms = 300\n')
+            d.ingest(message(0))
+            # Two failures open the circuit: /health must say so (polled; it closes after a probe).
+            saw_open = False
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not saw_open:
+                status, body = d.request("GET", "/health")
+                saw_open = status == 503 and "circuit open" in body
+            self.assertTrue(saw_open, "the open circuit never showed in /health")
+            for i in range(1, 100):
+                d.ingest(message(i))
+            d.ingest(message(0))  # a duplicate: counted, never sent
+            got = d.wait_outcomes({"forwarded": 100, "duplicate": 1})
+            self.assertEqual(got["forwarded"], 100)
+            self.assertEqual(got["duplicate"], 1)
+            self.assertEqual(d.request("GET", "/health")[0], 200)
+            stats = json.loads(read_stats(os.path.join(self.tmp, "stats.sock")))
+            self.assertGreaterEqual(stats["forward_retries"], 3)
+            self.assertGreaterEqual(stats["forward_circuit_opens"], 1)
+            # The checkpoint passes the skipped duplicate too (written within checkpoint_interval_ms).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and d.durable_lsn() != 101:
+                pass
+            self.assertEqual(d.durable_lsn(), 101)
+            self.assertEqual(d.stop(), 0)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_control/acked", timeout=5) as r:
+                acked = json.loads(r.read())
+            self.assertEqual(acked["lsns"], list(range(1, 101)))  # LSN 101 is the duplicate
+        finally:
+            downstream.kill()
+            downstream.wait(timeout=10)
 
     def test_stats_socket_json_and_prometheus_match_the_work_done(self):
         d = Daemon(self.tmp)

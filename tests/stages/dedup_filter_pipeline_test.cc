@@ -52,9 +52,9 @@ class FeedSource final : public engine::Stage {
 };
 
 // Stands in for forward + checkpoint: counts every message by final state and releases it.
-class TerminalStage final : public engine::Stage {
+class CountingTerminal final : public engine::Stage {
  public:
-  TerminalStage(std::vector<MessageChannel*> inputs, MessageChannel* forwarded, MessagePool* pool)
+  CountingTerminal(std::vector<MessageChannel*> inputs, MessageChannel* forwarded, MessagePool* pool)
       : inputs_(std::move(inputs)), forwarded_(forwarded), pool_(pool) {}
   std::string_view name() const override { return "terminal"; }
   std::size_t RunOnce() override {
@@ -130,8 +130,8 @@ TEST(DedupFilterPipelineTest, EveryMessageEndsInExactlyOneCountedState) {
   topology.AddStage(std::make_unique<ParseStage>(to_parse, to_dedup), {to_parse}, {to_dedup});
   topology.AddStage(std::move(dedup.value()), {to_dedup}, {to_filter, dedup_done});
   topology.AddStage(std::move(filter.value()), {to_filter}, {forwarded, filter_done});
-  auto* terminal = static_cast<TerminalStage*>(topology.AddStage(
-      std::make_unique<TerminalStage>(std::vector{forwarded, dedup_done, filter_done}, forwarded, &pool),
+  auto* terminal = static_cast<CountingTerminal*>(topology.AddStage(
+      std::make_unique<CountingTerminal>(std::vector{forwarded, dedup_done, filter_done}, forwarded, &pool),
       {forwarded, dedup_done, filter_done}, {}));
   ASSERT_TRUE(topology.Start().has_value());
   topology.Wait();
