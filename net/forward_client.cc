@@ -1,11 +1,16 @@
 #include "net/forward_client.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 
 #include "engine/base/check.h"
 
@@ -57,10 +62,46 @@ base::Result<std::unique_ptr<ForwardClient>> ForwardClient::Create(EventLoop* lo
   auto dlq = DeadLetterLog::Open(client->config_.dead_letter_dir);
   if (!dlq) return dlq.error();
   client->dead_letters_.emplace(std::move(dlq.value()));
+  if (auto status = client->OpenBatchJournal(); !status) return status.error();
   return client;
 }
 
-ForwardClient::~ForwardClient() { *alive_ = false; }
+ForwardClient::~ForwardClient() {
+  *alive_ = false;
+  if (journal_fd_ >= 0) ::close(journal_fd_);
+}
+
+base::Status ForwardClient::OpenBatchJournal() {
+  const std::string& path = config_.batch_journal_path;
+  if (path.empty()) return base::OkStatus();
+  // Keep the ranges not yet behind the checkpoint, in order; a torn last line is dropped.
+  std::string kept;
+  {
+    std::ifstream in(path);
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+    while (in >> first >> last) {
+      if (last <= config_.forwarded_through_lsn || first > last) continue;
+      if (!remembered_cuts_.empty() && first <= remembered_cuts_.back().second) continue;
+      remembered_cuts_.emplace_back(first, last);
+      kept += fmt::format("{} {}\n", first, last);
+    }
+  }
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0 || ::write(fd, kept.data(), kept.size()) != static_cast<ssize_t>(kept.size()) ||
+      ::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string message = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return base::MakeError("forward.batch_journal", "cannot rewrite " + path + ": " + message);
+  }
+  ::close(fd);
+  journal_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (journal_fd_ < 0) {
+    return base::MakeError("forward.batch_journal", "cannot open " + path + ": " + std::strerror(errno));
+  }
+  return base::OkStatus();
+}
 
 // --- producer side ---------------------------------------------------------------------------
 
@@ -77,13 +118,12 @@ std::size_t ForwardClient::Append(std::span<const ForwardRecord> records) {
           buffered_bytes_.load(std::memory_order_relaxed) > 0) {
         break;  // budget full: the producer keeps the rest
       }
+      if (open_ != nullptr && recut_last_lsn_ != 0 && r.lsn > recut_last_lsn_) {
+        SealLocked();  // the remembered range ended on a record that is not forwarded this time
+        sealed = true;
+      }
       if (open_ == nullptr) {
-        open_ = std::make_unique<Batch>();
-        open_->seq = next_seq_++;
-        open_->first_lsn = r.lsn;
-        open_->items.reserve(std::min(config_.batch_max_bytes + 1024, std::size_t{4} << 20));
-        segments_.push_back({r.lsn, open_->seq, false});
-        ++unfinished_batches_;
+        OpenBatchLocked(r.lsn);
         opened_seq = open_->seq;
       }
       if (open_->records > 0) open_->items += ',';
@@ -95,7 +135,10 @@ std::size_t ForwardClient::Append(std::span<const ForwardRecord> records) {
       last_lsn_ = r.lsn;
       buffered_bytes_.fetch_add(size, std::memory_order_relaxed);
       ++taken;
-      if (open_->records >= config_.batch_max_records || open_->items.size() >= config_.batch_max_bytes) {
+      const bool full = recut_last_lsn_ != 0
+                            ? r.lsn >= recut_last_lsn_
+                            : open_->records >= config_.batch_max_records || open_->items.size() >= config_.batch_max_bytes;
+      if (full) {
         SealLocked();
         sealed = true;
       }
@@ -110,7 +153,7 @@ std::size_t ForwardClient::Append(std::span<const ForwardRecord> records) {
         if (alive.expired()) return;
         {
           std::lock_guard lock(mutex_);
-          if (open_ == nullptr || open_->seq != opened_seq) return;
+          if (open_ == nullptr || open_->seq != opened_seq || recut_last_lsn_ != 0) return;
           SealLocked();
         }
         TakeSealed();
@@ -121,19 +164,27 @@ std::size_t ForwardClient::Append(std::span<const ForwardRecord> records) {
 }
 
 void ForwardClient::Skip(std::uint64_t lsn) {
-  std::lock_guard lock(mutex_);
-  MR_CHECK(lsn > last_lsn_) << "skipped LSN out of order: " << lsn << " after " << last_lsn_;
-  last_lsn_ = lsn;
-  if (open_ != nullptr) {
-    segments_.back().through_lsn = lsn;  // the open batch's range now covers the skipped LSN
-    return;
+  bool sealed = false;
+  {
+    std::lock_guard lock(mutex_);
+    MR_CHECK(lsn > last_lsn_) << "skipped LSN out of order: " << lsn << " after " << last_lsn_;
+    last_lsn_ = lsn;
+    if (open_ != nullptr && recut_last_lsn_ != 0 && lsn > recut_last_lsn_) {
+      SealLocked();  // the remembered range is complete: the skipped LSN starts a new segment
+      sealed = true;
+    }
+    if (open_ != nullptr) {
+      segments_.back().through_lsn = lsn;  // the open batch's range now covers the skipped LSN
+    } else {
+      if (!segments_.empty() && segments_.back().batch_seq == 0) {
+        segments_.back().through_lsn = lsn;
+      } else {
+        segments_.push_back({lsn, 0, true});
+      }
+      AdvanceLocked();
+    }
   }
-  if (!segments_.empty() && segments_.back().batch_seq == 0) {
-    segments_.back().through_lsn = lsn;
-  } else {
-    segments_.push_back({lsn, 0, true});
-  }
-  AdvanceLocked();
+  if (sealed) loop_->Post([this] { TakeSealed(); });
 }
 
 void ForwardClient::Flush() {
@@ -145,8 +196,33 @@ void ForwardClient::Flush() {
   loop_->Post([this] { TakeSealed(); });
 }
 
+void ForwardClient::OpenBatchLocked(std::uint64_t first_lsn) {
+  open_ = std::make_unique<Batch>();
+  open_->seq = next_seq_++;
+  open_->first_lsn = first_lsn;
+  open_->items.reserve(std::min(config_.batch_max_bytes + 1024, std::size_t{4} << 20));
+  segments_.push_back({first_lsn, open_->seq, false});
+  ++unfinished_batches_;
+  while (!remembered_cuts_.empty() && remembered_cuts_.front().second < first_lsn) remembered_cuts_.pop_front();
+  recut_last_lsn_ = 0;
+  if (!remembered_cuts_.empty() && remembered_cuts_.front().first <= first_lsn) {
+    recut_last_lsn_ = remembered_cuts_.front().second;
+    remembered_cuts_.pop_front();
+  }
+}
+
 void ForwardClient::SealLocked() {
   Batch& b = *open_;
+  if (recut_last_lsn_ != 0) {
+    stats_.batches_recut.Add();
+    recut_last_lsn_ = 0;
+  } else if (journal_fd_ >= 0) {
+    const std::string line = fmt::format("{} {}\n", b.first_lsn, b.last_lsn);
+    if (::write(journal_fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+      // Only the key of a batch re-sent after a crash is at stake, never the records.
+      stats_.batch_journal_write_errors.Add();
+    }
+  }
   b.batch_id = fmt::format("lsn-{}-{}", b.first_lsn, b.last_lsn);
   b.key = "mailrail-" + b.batch_id;
   b.body.reserve(b.items.size() + b.batch_id.size() + 32);

@@ -17,6 +17,12 @@
 // Circuit breaker: breaker_threshold consecutive retriable failures open it; while open nothing is
 //   sent; after breaker_open it lets one probe batch through (half-open); the probe's success
 //   closes it, its failure opens it again. The state is in stats() and circuit_state().
+// Stable keys across restarts: with batch_journal_path set, every sealed batch's LSN range is
+//   appended to that file (write, no fsync: it survives a killed process, not necessarily a power
+//   loss). A client created after a restart re-cuts records falling in a remembered range at
+//   exactly that range, ignoring size and linger, so a batch re-sent after a crash carries the
+//   same batch_id and Idempotency-Key as its first copy. Ranges at or below
+//   forwarded_through_lsn are dropped when the file is opened (it is rewritten compacted).
 // Checkpoint: acknowledged_through() is the highest LSN L such that every record with LSN <= L
 //   that was appended (or skipped) is acknowledged or dead-lettered. The WAL checkpoint may
 //   advance to it and never further.
@@ -66,6 +72,8 @@ struct ForwardConfig {
   std::size_t breaker_threshold = 5;
   std::chrono::milliseconds breaker_open{5000};
   std::string dead_letter_dir;  // <data dir>/dlq
+  std::string batch_journal_path;          // empty: batch cuts are not remembered
+  std::uint64_t forwarded_through_lsn = 0;  // the forward checkpoint when the client is created
   std::uint64_t jitter_seed = 0;  // 0: seeded from std::random_device
 };
 
@@ -90,6 +98,8 @@ struct ForwardStats {
   Counter transport_errors;       // connect, reset, timeout, TLS
   Counter circuit_opens;
   Counter dead_letter_write_errors;
+  Counter batch_journal_write_errors;
+  Counter batches_recut;          // sealed at a range remembered from before a restart
 };
 
 // Retry-After as a delay from `now`: delta-seconds or an HTTP date (IMF-fixdate). nullopt if
@@ -145,7 +155,9 @@ class ForwardClient {
   };
 
   ForwardClient(EventLoop* loop, ForwardConfig config);
+  base::Status OpenBatchJournal();
   // Producer side, under mutex_.
+  void OpenBatchLocked(std::uint64_t first_lsn);
   void SealLocked();
   void AdvanceLocked();
   // Loop side.
@@ -173,6 +185,9 @@ class ForwardClient {
   std::uint64_t next_seq_ = 1;                 // guarded
   std::uint64_t last_lsn_ = 0;                 // guarded
   std::size_t unfinished_batches_ = 0;         // guarded
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> remembered_cuts_;  // guarded; [first, last] LSNs
+  std::uint64_t recut_last_lsn_ = 0;           // guarded; the open batch ends here (0: by size/linger)
+  int journal_fd_ = -1;                        // guarded
   std::atomic<std::uint64_t> acknowledged_through_{0};
   std::atomic<std::size_t> buffered_bytes_{0};
   std::atomic<int> circuit_state_{0};

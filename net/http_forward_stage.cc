@@ -164,6 +164,9 @@ void HttpForwardStage::Report(engine::Snapshot& s) const {
   s.Counter("forward_failures", v(stats.transport_errors), {{"reason", "transport"}});
   s.Counter("forward_failures", v(stats.dead_letter_write_errors), {{"reason", "dead_letter_write"}});
   s.Counter("forward_circuit_opens", v(stats.circuit_opens), {}, "times the circuit breaker opened");
+  s.Counter("forward_batches_recut", v(stats.batches_recut), {},
+            "batches cut at a range remembered from before a restart (same Idempotency-Key as before)");
+  s.Counter("forward_failures", v(stats.batch_journal_write_errors), {{"reason", "batch_journal_write"}});
   s.Gauge("forward_circuit_state", static_cast<double>(static_cast<int>(client_->circuit_state())), {},
           "0 closed, 1 open, 2 half-open");
   s.Gauge("forward_buffered_bytes", static_cast<double>(client_->buffered_bytes()), {},

@@ -91,6 +91,8 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
     if (forward.client.dead_letter_dir.empty()) {
       forward.client.dead_letter_dir = (std::filesystem::path(s.data_dir) / "dlq").string();
     }
+    forward.client.batch_journal_path = (std::filesystem::path(s.data_dir) / "forward.batches").string();
+    forward.client.forwarded_through_lsn = report.checkpoint_lsn;
     auto stage = net::HttpForwardStage::Create(forward, p->filtered_, p->pool_.get(), std::move(on_durable));
     if (!stage) return stage.error();
     p->http_forward_ = stage.value().get();

@@ -51,7 +51,8 @@ struct PipelineSettings {
   std::size_t in_flight_messages = 65536;
   std::size_t in_flight_bytes = 256u << 20;
   // Terminal stage: the HTTP forward stage when set (client.dead_letter_dir empty:
-  // <data_dir>/dlq), else a JSONL file at jsonl_path (empty: <data_dir>/records.jsonl).
+  // <data_dir>/dlq; batch cuts remembered in <data_dir>/forward.batches), else a JSONL file at
+  // jsonl_path (empty: <data_dir>/records.jsonl).
   std::optional<net::HttpForwardConfig> http_forward;
   std::string jsonl_path;
   // snapshot_path empty: <data_dir>/dedup.snapshot; forwarded_through_lsn is set by Open.

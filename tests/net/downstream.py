@@ -10,7 +10,8 @@ Listens on 127.0.0.1 (ephemeral port, printed as the first stdout line: "PORT <n
                            {"sleep": 2.0}                        answer 200 after sleeping (timeouts)
                            {"sleep": 0.2, "status": 200}         slow success
   GET  /_control/received JSON: every attempt in arrival order with batch_id, idempotency key,
-                          item LSNs, the answer given and the arrival time (monotonic seconds)
+                          item LSNs and message ids, the answer given and the arrival time
+                          (monotonic seconds)
   GET  /_control/acked    JSON: sorted unique LSNs acknowledged with 2xx
 Idempotency: a batch whose Idempotency-Key was already acknowledged is answered 200 again and
 not counted twice. --quiet skips recording item LSNs (benchmarks).
@@ -74,13 +75,14 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             action = PLAN.pop(0) if PLAN else {}
         if QUIET:
-            lsns, batch_id, count = [], "", body.count(b'"lsn":')
+            lsns, message_ids, batch_id, count = [], [], "", body.count(b'"lsn":')
         else:
             batch = json.loads(body)
             batch_id = batch["batch_id"]
             lsns = [item["lsn"] for item in batch["items"]]
+            message_ids = [item.get("message_id") for item in batch["items"]]
             count = len(lsns)
-        entry = {"batch_id": batch_id, "key": key, "lsns": lsns, "at": time.monotonic(),
+        entry = {"batch_id": batch_id, "key": key, "lsns": lsns, "message_ids": message_ids, "at": time.monotonic(),
                  "content_type": self.headers.get("Content-Type", "")}
         if action.get("reset"):
             entry["answer"] = "reset"

@@ -6,6 +6,7 @@
 #include <simdjson.h>
 
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <set>
 
@@ -107,6 +108,7 @@ class ForwardClientTest : public ::testing::Test {
   LoopThread loop_;
   bool started_ = false;
   std::unique_ptr<ForwardClient> client_;
+  std::vector<std::unique_ptr<ForwardClient>> retired_;  // shut down; destroyed after the loop stopped
 };
 
 TEST_F(ForwardClientTest, BatchesBySizeAndLingerWithIdempotencyKeys) {
@@ -124,6 +126,39 @@ TEST_F(ForwardClientTest, BatchesBySizeAndLingerWithIdempotencyKeys) {
   EXPECT_NE(received.find("\"content_type\": \"application/json\""), std::string::npos);
   EXPECT_EQ(client_->stats().batches_acknowledged.value(), 10u);
   EXPECT_EQ(client_->stats().records_acknowledged.value(), 95u);
+}
+
+TEST_F(ForwardClientTest, BatchCutsAreRememberedAcrossARestartSoResentBatchesKeepTheirKeys) {
+  ForwardConfig config = TestConfig(downstream_.url(), dir_.path() + "/dlq");
+  config.batch_journal_path = dir_.path() + "/forward.batches";
+  client_ = Make(config);
+  AppendRange(*client_, 1, 25);  // 1-10 and 11-20 by size, 21-25 by linger
+  ASSERT_TRUE(WaitFor([&] { return client_->acknowledged_through() == 25; }));
+  loop_.Call([this] { client_->Shutdown(); });
+  retired_.push_back(std::move(client_));
+
+  // A restart whose checkpoint is 10: 11..25 come again, now with different batch limits.
+  config.forwarded_through_lsn = 10;
+  config.batch_max_records = 4;
+  config.linger = std::chrono::milliseconds(1);
+  client_ = Make(config);
+  AppendRange(*client_, 11, 30);
+  client_->Flush();
+  ASSERT_TRUE(WaitFor([&] { return client_->acknowledged_through() == 30; }));
+  const std::string received = downstream_.Received();
+  auto count = [&](std::string_view key) {
+    std::size_t n = 0;
+    for (auto at = received.find(key); at != std::string::npos; at = received.find(key, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("\"key\": \"mailrail-lsn-1-10\""), 1u);
+  EXPECT_EQ(count("\"key\": \"mailrail-lsn-11-20\""), 2u) << received;  // the same key both times
+  EXPECT_EQ(count("\"key\": \"mailrail-lsn-21-25\""), 2u) << received;
+  EXPECT_EQ(count("\"key\": \"mailrail-lsn-26-29\""), 1u) << received;  // new records: the new limits
+  EXPECT_EQ(client_->stats().batches_recut.value(), 2u);
+  std::ifstream journal(config.batch_journal_path);
+  const std::string text((std::istreambuf_iterator<char>(journal)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "11 20\n21 25\n26 29\n30 30\n");  // compacted at open: 1-10 is behind the checkpoint
 }
 
 TEST_F(ForwardClientTest, SkippedLsnsLetTheCheckpointPass) {
