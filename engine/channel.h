@@ -33,9 +33,12 @@ class ChannelBase {
 
   void Close() {
     closed_.store(true, std::memory_order_release);
+    closed_.notify_all();
     if (consumer_waiter_ != nullptr) consumer_waiter_->Notify();
   }
   bool is_closed() const { return closed_.load(std::memory_order_acquire); }
+  // Blocks a thread outside the topology (start-up code) until the producer closed the channel.
+  void WaitClosed() const { closed_.wait(false, std::memory_order_acquire); }
   // True once the producer closed the channel and the consumer has taken every item.
   bool IsDrained() const { return is_closed() && size_approx() == 0; }
 

@@ -228,7 +228,7 @@ int RunDaemon(const std::string& config_path) {
   }
   // Accept HTTP ingest only once the WAL's backlog is re-fed (its messages come first, and
   // requests must not take the message pool from the recovery).
-  while (!pipeline.recovery_finished()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  pipeline.WaitForRecovery();
   (*server)->Start();
   std::thread net_thread([&] { (*loop)->Run(); });
 

@@ -80,6 +80,8 @@ class Pipeline {
   // True once every record the WAL held at start has been re-fed. Sources start taking input
   // only then, so they cannot take the message pool from the recovery. Any thread.
   bool recovery_finished() const { return recovered_->is_closed(); }
+  // Blocks until recovery_finished() (after Start).
+  void WaitForRecovery() const { recovered_->WaitClosed(); }
   // WAL segments above the returned LSN are kept even once forwarded (the source still needs them
   // to find its resume position after a crash). Called on the terminal stage's thread; set before Start.
   void set_retention_floor(std::function<std::uint64_t()> floor) { retention_floor_ = std::move(floor); }
