@@ -75,7 +75,7 @@ struct Message : engine::PoolSlot {
   std::uint64_t ack_token = 0;
   bool recovered = false;             // re-fed from the WAL at start-up, not newly received
   std::int64_t received_at_ms = 0;    // Unix ms when accepted
-  std::int64_t accepted_ns = 0;       // steady clock at acceptance, for end-to-end latency
+  std::int64_t accepted_ns = 0;       // steady clock at acceptance, for end-to-end latency (paced replay: scheduled time)
   Record record;
   engine::Arena arena;
   Outcome outcome = Outcome::kInFlight;
