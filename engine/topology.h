@@ -58,11 +58,14 @@ struct ThreadPlan {
 };
 
 // Per-thread counters, written by the owning thread only (relaxed stores), read by anyone.
+// cpu_ns is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), refreshed before each park and when
+// the thread exits: exact after Wait, at most one busy stretch behind while running.
 struct ThreadCounters {
   std::atomic<std::uint64_t> items{0};
   std::atomic<std::uint64_t> busy_rounds{0};
   std::atomic<std::uint64_t> idle_rounds{0};
   std::atomic<std::uint64_t> parks{0};
+  std::atomic<std::uint64_t> cpu_ns{0};
 };
 
 class Topology {
