@@ -2,8 +2,12 @@
 // drained, and prints a summary.
 #include "tools/cmd_replay.h"
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 
 #include <fmt/core.h>
 
@@ -24,7 +28,44 @@ struct ReplayFlags {
   bool fresh = false;
   std::string wal_sync = "data";
   std::size_t in_flight_mib = 256;
+  std::string stats_json;  // empty: none
 };
+
+// The first sample of `snapshot` named `name` whose labels include `label` (when given); 0 if none.
+double SampleValue(const engine::Snapshot& snapshot, std::string_view name,
+                   const std::pair<std::string, std::string>& label = {}) {
+  for (const auto& sample : snapshot.samples()) {
+    if (sample.name != name) continue;
+    if (!label.first.empty() && std::find(sample.labels.begin(), sample.labels.end(), label) == sample.labels.end()) {
+      continue;
+    }
+    return sample.value;
+  }
+  return 0;
+}
+
+// Latency percentiles, CPU time per thread and the process's CPU time and peak RSS.
+void PrintRunFigures(const Pipeline& p, const engine::Snapshot& snapshot) {
+  auto ms = [&](const char* name) { return SampleValue(snapshot, name) / 1e6; };
+  fmt::print("latency accepted -> terminal stage: p50 {:.3f} ms, p90 {:.3f} ms, p99 {:.3f} ms, p99.9 {:.3f} ms, "
+             "max {:.3f} ms ({:.0f} messages)\n",
+             ms("end_to_end_latency_ns_p50"), ms("end_to_end_latency_ns_p90"), ms("end_to_end_latency_ns_p99"),
+             ms("end_to_end_latency_ns_p999"), ms("end_to_end_latency_ns_max"),
+             SampleValue(snapshot, "end_to_end_latency_ns_count"));
+  const auto& plan = p.thread_plan();
+  for (std::size_t t = 0; t < plan.size(); ++t) {
+    std::string stages;
+    for (const auto& name : plan[t].stages) stages += (stages.empty() ? "" : ",") + name;
+    const std::pair<std::string, std::string> label{"thread", std::to_string(t)};
+    fmt::print("thread {} [{}] cpu {}: {:.3f} s CPU, {:.0f} parks\n", t, stages, plan[t].cpu,
+               SampleValue(snapshot, "thread_cpu_seconds", label), SampleValue(snapshot, "thread_parks", label));
+  }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  fmt::print("process: {:.3f} s user, {:.3f} s system, peak RSS {:.1f} MB\n", seconds(usage.ru_utime),
+             seconds(usage.ru_stime), static_cast<double>(usage.ru_maxrss) / 1024.0);
+}
 
 base::Result<engine::TopologyConfig::Placement> ParsePlacement(const std::string& name) {
   if (name == "auto") return engine::TopologyConfig::Placement::kAuto;
@@ -130,6 +171,14 @@ int RunReplay(const ReplayFlags& flags) {
   fmt::print("not ingested: unreadable files {}, messages over the size limit {}, skipped as already durable {}\n",
              in.unreadable_files.load(), in.rejected_too_large.load(), in.skipped_before_checkpoint.load());
   fmt::print("sink: {}\n", flags.sink);
+  engine::Snapshot snapshot;
+  p.Report(snapshot);
+  PrintRunFigures(p, snapshot);
+  if (!flags.stats_json.empty()) {
+    std::ofstream out(flags.stats_json);
+    out << snapshot.ToJson() << '\n';
+    if (!out) fmt::print(stderr, "mailrail replay: cannot write {}\n", flags.stats_json);
+  }
   return in.unreadable_files.load() == 0 ? 0 : 1;
 }
 
@@ -155,6 +204,7 @@ void AddReplayCommand(CLI::App& app) {
       ->check(CLI::IsMember({"data", "none"}))
       ->capture_default_str();
   cmd->add_flag("--fresh", flags->fresh, "Ignore and do not write the replay checkpoint");
+  cmd->add_option("--stats-json", flags->stats_json, "Write the final stats snapshot (JSON) to this file");
   cmd->callback([flags] { throw CLI::RuntimeError(RunReplay(*flags)); });
 }
 
