@@ -27,7 +27,7 @@ struct ReplayFlags {
   std::string placement = "auto";
   bool fresh = false;
   std::string wal_sync = "data";
-  std::size_t in_flight_mib = 256;
+  std::size_t in_flight_mib = 64;
   std::string stats_json;  // empty: none
 };
 
