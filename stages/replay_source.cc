@@ -370,7 +370,9 @@ bool ReplaySource::EmitPending() {
 std::size_t ReplaySource::RunOnce() {
   deadline_ = engine::Clock::time_point::max();
   AdvanceCheckpoint();
-  if (checkpoint_dirty_ && engine::Clock::now() - last_checkpoint_write_ > std::chrono::seconds(1)) {
+  if (options_.checkpoint_path.empty()) {
+    checkpointed_lsn_.store(advanced_lsn_, std::memory_order_release);  // no file: nothing to write or time
+  } else if (checkpoint_dirty_ && engine::Clock::now() - last_checkpoint_write_ > std::chrono::seconds(1)) {
     last_checkpoint_write_ = engine::Clock::now();
     if (auto status = WriteCheckpoint(); !status) fmt::print(stderr, "mailrail: replay: {}\n", status.error().message);
   }
