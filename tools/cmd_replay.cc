@@ -52,6 +52,15 @@ void PrintRunFigures(const Pipeline& p, const engine::Snapshot& snapshot) {
              ms("end_to_end_latency_ns_p50"), ms("end_to_end_latency_ns_p90"), ms("end_to_end_latency_ns_p99"),
              ms("end_to_end_latency_ns_p999"), ms("end_to_end_latency_ns_max"),
              SampleValue(snapshot, "end_to_end_latency_ns_count"));
+  const storage::WalWriterStats& wal = p.wal().stats();
+  const double groups = static_cast<double>(wal.groups.load());
+  const engine::LatencyHistogram::Snapshot commit = wal.commit_latency_ns.Take();
+  fmt::print("wal: {:.0f} commit groups (write + fdatasync), {:.1f} records and {:.2f} MB per group, "
+             "commit latency p50 {:.3f} ms, p99 {:.3f} ms, max {:.3f} ms\n",
+             groups, groups > 0 ? static_cast<double>(wal.records.load()) / groups : 0,
+             groups > 0 ? static_cast<double>(wal.bytes.load()) / groups / 1e6 : 0,
+             static_cast<double>(commit.Quantile(0.5)) / 1e6, static_cast<double>(commit.Quantile(0.99)) / 1e6,
+             static_cast<double>(commit.max) / 1e6);
   const auto& plan = p.thread_plan();
   for (std::size_t t = 0; t < plan.size(); ++t) {
     std::string stages;
