@@ -239,10 +239,6 @@ void Topology::RunThread(ThreadState& state) {
       CpuRelax();
       continue;
     }
-    if (idle < wait.spin_rounds + wait.yield_rounds) {
-      sched_yield();
-      continue;
-    }
     Clock::time_point deadline = Clock::time_point::max();
     for (StageSlot* slot : running) deadline = std::min(deadline, slot->stage->next_deadline());
     const Clock::time_point now = Clock::now();
@@ -265,7 +261,7 @@ void Topology::RunThread(ThreadState& state) {
     counters.parks.store(counters.parks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     counters.cpu_ns.store(ThreadCpuNs(), std::memory_order_relaxed);
     state.waiter.Park(ticket, timeout);
-    idle = wait.spin_rounds;  // after a wake, yield a little before parking again
+    idle = wait.spin_rounds;  // woken: run the stages, and park again at once if they have nothing
   }
   counters.cpu_ns.store(ThreadCpuNs(), std::memory_order_relaxed);
 }
