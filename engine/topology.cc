@@ -2,12 +2,22 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <algorithm>
 #include <map>
 #include <numeric>
 
 namespace mailrail::engine {
+namespace {
+
+std::uint64_t ThreadCpuNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace
 
 std::vector<int> AllowedCpus() {
   cpu_set_t set;
@@ -181,6 +191,8 @@ void Topology::Report(Snapshot& snapshot) const {
                      "passes over the thread's stages that found nothing to do");
     snapshot.Counter("thread_parks", static_cast<double>(c.parks.load(std::memory_order_relaxed)), labels,
                      "times the thread slept on its futex");
+    snapshot.Counter("thread_cpu_seconds", static_cast<double>(c.cpu_ns.load(std::memory_order_relaxed)) / 1e9,
+                     labels, "CPU time of the thread (refreshed when it parks and when it exits)");
   }
   for (const auto& channel : channels_) {
     Labels labels{{"ring", channel->name()}};
@@ -227,10 +239,6 @@ void Topology::RunThread(ThreadState& state) {
       CpuRelax();
       continue;
     }
-    if (idle < wait.spin_rounds + wait.yield_rounds) {
-      sched_yield();
-      continue;
-    }
     Clock::time_point deadline = Clock::time_point::max();
     for (StageSlot* slot : running) deadline = std::min(deadline, slot->stage->next_deadline());
     const Clock::time_point now = Clock::now();
@@ -251,9 +259,11 @@ void Topology::RunThread(ThreadState& state) {
       break;
     }
     counters.parks.store(counters.parks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    counters.cpu_ns.store(ThreadCpuNs(), std::memory_order_relaxed);
     state.waiter.Park(ticket, timeout);
-    idle = wait.spin_rounds;  // after a wake, yield a little before parking again
+    idle = wait.spin_rounds;  // woken: run the stages, and park again at once if they have nothing
   }
+  counters.cpu_ns.store(ThreadCpuNs(), std::memory_order_relaxed);
 }
 
 }  // namespace mailrail::engine

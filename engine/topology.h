@@ -1,7 +1,7 @@
 #pragma once
 // Topology: owns the stages, the channels between them and the threads that run them. It places
 // stages on threads and threads on CPUs, wires each channel to the waiters of the two threads at
-// its ends, runs every thread's loop (round-robin over its stages, spin, then yield, then park),
+// its ends, runs every thread's loop (round-robin over its stages, spin, then park),
 // and shuts the pipeline down by draining it: sources stop, end-of-stream flows down the channels,
 // every stage empties its inputs, and only then do the threads exit.
 //
@@ -34,11 +34,14 @@
 
 namespace mailrail::engine {
 
-// WaitPolicy: how an idle thread waits. Spinning keeps latency low under load; parking keeps an
-// idle daemon at ~0% CPU.
+// WaitPolicy: how an idle thread waits. A short spin catches the next batch of a busy pipeline
+// without a futex round trip; parking keeps an idle daemon at ~0% CPU. The spin is short because
+// on a machine with fewer cores than busy threads a spinning thread takes the CPU from the very
+// threads it waits for: with 4,000 rounds and 64 sched_yield rounds, a replay paced at 4,000
+// msgs/s on 2 cores used 8 s of CPU and had a p99 latency of 25-29 ms; with 100 rounds and no
+// yield, 3.7 s and 6.3-6.8 ms, at the same full-load throughput (docs/benchmarks.md).
 struct WaitPolicy {
-  std::uint32_t spin_rounds = 4000;   // idle rounds with a pause instruction
-  std::uint32_t yield_rounds = 64;    // then idle rounds with sched_yield
+  std::uint32_t spin_rounds = 100;          // idle rounds with a pause instruction, then park
   std::chrono::milliseconds max_park{200};  // longest sleep without a wake or a stage deadline
 };
 
@@ -58,11 +61,14 @@ struct ThreadPlan {
 };
 
 // Per-thread counters, written by the owning thread only (relaxed stores), read by anyone.
+// cpu_ns is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), refreshed before each park and when
+// the thread exits: exact after Wait, at most one busy stretch behind while running.
 struct ThreadCounters {
   std::atomic<std::uint64_t> items{0};
   std::atomic<std::uint64_t> busy_rounds{0};
   std::atomic<std::uint64_t> idle_rounds{0};
   std::atomic<std::uint64_t> parks{0};
+  std::atomic<std::uint64_t> cpu_ns{0};
 };
 
 class Topology {

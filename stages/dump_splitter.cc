@@ -11,6 +11,16 @@ bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
 }
 
+// Position of `needle` in `s` at or after `from`, or npos. glibc's memmem makes one pass with a
+// skip table; string_view::find calls memchr once per occurrence of the needle's first byte, which
+// is every line for "\nFrom " and every HTML tag for ">From " (a profile of a replay had 10% of
+// its samples there).
+std::size_t Find(std::string_view s, std::string_view needle, std::size_t from) {
+  if (from > s.size()) return std::string_view::npos;
+  const void* at = memmem(s.data() + from, s.size() - from, needle.data(), needle.size());
+  return at == nullptr ? std::string_view::npos : static_cast<std::size_t>(static_cast<const char*>(at) - s.data());
+}
+
 // Case-insensitive search for a header named `name` in the header block `headers` (which ends at
 // the blank line). Returns its unfolded-enough value (first line only).
 std::optional<std::string_view> FindHeader(std::string_view headers, std::string_view name) {
@@ -162,8 +172,12 @@ bool DumpSplitter::NextMbox(SplitMessage& out) {
   std::size_t next = std::string_view::npos; // start of the next separator
 
   // Content-Length (mboxcl/mboxcl2), trusted when it lands on a separator or the end of file.
-  const std::size_t header_end_lf = view.find("\n\n", content);
-  const std::size_t header_end_crlf = view.find("\r\n\r\n", content);
+  // The CRLF blank line only matters before the LF one (a match starting there ends at most 3
+  // bytes after it), so it is not searched for through the rest of the buffer.
+  const std::size_t header_end_lf = Find(view, "\n\n", content);
+  const std::size_t crlf_limit =
+      header_end_lf == std::string_view::npos ? view.size() : std::min(view.size(), header_end_lf + 3);
+  const std::size_t header_end_crlf = Find(view.substr(0, crlf_limit), "\r\n\r\n", content);
   const std::size_t header_end = std::min(header_end_lf, header_end_crlf);
   if (header_end != std::string_view::npos) {
     const std::size_t body = header_end + (header_end == header_end_lf ? 2 : 4);
@@ -194,7 +208,7 @@ bool DumpSplitter::NextMbox(SplitMessage& out) {
 
   if (end == std::string_view::npos) {
     const std::size_t search_from = std::max(content, scan_from_) == 0 ? 0 : std::max(content, scan_from_) - 1;
-    const std::size_t sep = view.find("\nFrom ", search_from);
+    const std::size_t sep = Find(view, "\nFrom ", search_from);
     if (sep == std::string_view::npos) {
       if (!finished_) {
         scan_from_ = view.size() > 6 ? view.size() - 6 : content;
@@ -226,7 +240,7 @@ bool DumpSplitter::NextMbox(SplitMessage& out) {
 
 void DumpSplitter::AppendUnescaped(std::string_view bytes, SplitFormat format, std::string& out) {
   std::size_t copied = 0;
-  for (std::size_t q = bytes.find(">From "); q != std::string_view::npos; q = bytes.find(">From ", q + 6)) {
+  for (std::size_t q = Find(bytes, ">From ", 0); q != std::string_view::npos; q = Find(bytes, ">From ", q + 6)) {
     std::size_t run = q;  // first '>' of the run that ends just before "From "
     while (run > 0 && bytes[run - 1] == '>') --run;
     if (run > 0 && bytes[run - 1] != '\n') continue;  // not at a line start

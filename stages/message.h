@@ -67,6 +67,8 @@ class DurableAckSink {
 };
 
 struct Message : engine::PoolSlot {
+  static constexpr std::size_t kRetainedRawBytes = 64 * 1024;  // raw capacity a pooled slot keeps
+
   std::string raw;  // bytes as received
   InputKind kind = InputKind::kRfc822;
   SourceRef source;
@@ -75,7 +77,7 @@ struct Message : engine::PoolSlot {
   std::uint64_t ack_token = 0;
   bool recovered = false;             // re-fed from the WAL at start-up, not newly received
   std::int64_t received_at_ms = 0;    // Unix ms when accepted
-  std::int64_t accepted_ns = 0;       // steady clock at acceptance, for end-to-end latency
+  std::int64_t accepted_ns = 0;       // steady clock at acceptance, for end-to-end latency (paced replay: scheduled time)
   Record record;
   engine::Arena arena;
   Outcome outcome = Outcome::kInFlight;
@@ -83,7 +85,13 @@ struct Message : engine::PoolSlot {
   std::string_view parse_error;       // reason when parse_failed
 
   void Reset() {
-    raw.clear();
+    // Keep the buffer of an ordinary message; give back an attachment-sized one, or every slot
+    // of the pool ends up holding the largest message it ever carried (RSS grows with run length).
+    if (raw.capacity() > kRetainedRawBytes) {
+      std::string().swap(raw);
+    } else {
+      raw.clear();
+    }
     kind = InputKind::kRfc822;
     source.id.clear();
     source.position.clear();

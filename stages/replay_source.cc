@@ -318,25 +318,25 @@ bool ReplaySource::EmitPending() {
   const SplitMessage& m = *pending_;
   const std::size_t file = *current_file_;
   const auto now = engine::Clock::now();
+  // A paced message is accepted at its scheduled time, even when the source runs late (the pool
+  // or the ring pushed back): latency then counts the wait that a real sender would have seen
+  // (no coordinated omission).
+  engine::Clock::time_point accepted = now;
   if (options_.rate > 0) {
-    const auto scheduled = start_time_ + std::chrono::duration_cast<engine::Clock::duration>(
-                                             std::chrono::duration<double>(paced_count_ / options_.rate));
-    if (scheduled > now) {
-      deadline_ = scheduled;
-      return false;
-    }
+    accepted = start_time_ + std::chrono::duration_cast<engine::Clock::duration>(
+                                 std::chrono::duration<double>(static_cast<double>(paced_count_) / options_.rate));
   } else if (options_.pace > 0 && m.timestamp_ms) {
     if (!first_timestamp_ms_) {
       first_timestamp_ms_ = m.timestamp_ms;
       start_time_ = now;
     }
     const double gap_ms = static_cast<double>(std::max<std::int64_t>(0, *m.timestamp_ms - *first_timestamp_ms_));
-    const auto scheduled = start_time_ + std::chrono::duration_cast<engine::Clock::duration>(
-                                             std::chrono::duration<double, std::milli>(gap_ms / options_.pace));
-    if (scheduled > now) {
-      deadline_ = scheduled;
-      return false;
-    }
+    accepted = start_time_ + std::chrono::duration_cast<engine::Clock::duration>(
+                                 std::chrono::duration<double, std::milli>(gap_ms / options_.pace));
+  }
+  if (accepted > now) {
+    deadline_ = accepted;
+    return false;
   }
 
   Message* msg = pool_->TryAcquire(m.bytes.size());
@@ -356,7 +356,7 @@ bool ReplaySource::EmitPending() {
   msg->source.id = input.path;
   msg->source.position = fmt::format("{}", m.position);
   msg->received_at_ms = base::UnixMs();
-  msg->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+  msg->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(accepted.time_since_epoch()).count();
   msg->ack_sink = this;
   msg->ack_token = next_token_++;
   in_flight_.push_back(InFlight{msg->ack_token, file, m.position + 1, false});
@@ -370,7 +370,9 @@ bool ReplaySource::EmitPending() {
 std::size_t ReplaySource::RunOnce() {
   deadline_ = engine::Clock::time_point::max();
   AdvanceCheckpoint();
-  if (checkpoint_dirty_ && engine::Clock::now() - last_checkpoint_write_ > std::chrono::seconds(1)) {
+  if (options_.checkpoint_path.empty()) {
+    checkpointed_lsn_.store(advanced_lsn_, std::memory_order_release);  // no file: nothing to write or time
+  } else if (checkpoint_dirty_ && engine::Clock::now() - last_checkpoint_write_ > std::chrono::seconds(1)) {
     last_checkpoint_write_ = engine::Clock::now();
     if (auto status = WriteCheckpoint(); !status) fmt::print(stderr, "mailrail: replay: {}\n", status.error().message);
   }

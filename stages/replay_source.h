@@ -9,7 +9,9 @@
 // got advances only over messages the WAL reported durable, so a restarted replay resumes after
 // the last durable message and re-sends at most what was not yet durable.
 // Pacing: as fast as possible, a fixed rate (messages/s), or the dump's own timestamps (mbox
-// "From " line dates, Graph receivedDateTime) with gaps divided by a factor.
+// "From " line dates, Graph receivedDateTime) with gaps divided by a factor. A paced message's
+// Message::accepted_ns is its scheduled send time, not the time the source got round to it, so
+// end-to-end latency includes any time the pipeline made the source fall behind schedule.
 //
 // Threading: RunOnce/IsFinished/next_deadline on the stage's thread; OnDurable on the WAL's thread
 //   (it only publishes the highest durable token with a release store); RequestStop any thread.

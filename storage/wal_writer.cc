@@ -353,6 +353,7 @@ void WalWriter::Submit() {
     }
   }
   g.pending = static_cast<unsigned>(g.part_count * (sync ? 2 : 1));
+  g.submitted = Clock::now();
   g.short_write = false;
   g.error = 0;
   const int rc = io_uring_submit(&ring_);
@@ -405,6 +406,8 @@ void WalWriter::CompleteInflight() {
   stats_.records.fetch_add(g.records, std::memory_order_relaxed);
   stats_.bytes.fetch_add(g.used, std::memory_order_relaxed);
   stats_.durable_lsn.store(durable_lsn_, std::memory_order_relaxed);
+  stats_.commit_latency_ns.Record(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - g.submitted).count()));
   for (int fd : g.close_after) ::close(fd);
   g.close_after.clear();
   g.used = 0;

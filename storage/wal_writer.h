@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "engine/base/result.h"
+#include "engine/histogram.h"
 #include "storage/wal_format.h"
 #include "storage/wal_reader.h"
 
@@ -76,6 +77,7 @@ struct WalWriterStats {
   std::atomic<std::uint64_t> log_bytes{0};        // allocated bytes of all segments
   std::atomic<std::uint64_t> disk_full_events{0};
   std::atomic<std::uint64_t> short_write_fallbacks{0};
+  engine::LatencyHistogram commit_latency_ns;  // group submitted -> completion reaped (write + fdatasync)
 };
 
 // What Open found and repaired.
@@ -159,6 +161,7 @@ class WalWriter {
     std::uint64_t last_lsn = 0;
     std::uint64_t records = 0;
     Clock::time_point opened;
+    Clock::time_point submitted;
     std::vector<int> close_after;  // sealed segment fds, closed when the group completes
     unsigned pending = 0;          // CQEs outstanding
     bool short_write = false;

@@ -2,8 +2,12 @@
 // drained, and prints a summary.
 #include "tools/cmd_replay.h"
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 
 #include <fmt/core.h>
 
@@ -23,9 +27,55 @@ struct ReplayFlags {
   std::string placement = "auto";
   bool fresh = false;
   std::string wal_sync = "data";
-  std::size_t in_flight_mib = 256;
+  std::size_t in_flight_mib = 64;
   std::size_t batch_records = 500;
+  std::string stats_json;  // empty: none
 };
+
+// The first sample of `snapshot` named `name` whose labels include `label` (when given); 0 if none.
+double SampleValue(const engine::Snapshot& snapshot, std::string_view name,
+                   const std::pair<std::string, std::string>& label = {}) {
+  for (const auto& sample : snapshot.samples()) {
+    if (sample.name != name) continue;
+    if (!label.first.empty() && std::find(sample.labels.begin(), sample.labels.end(), label) == sample.labels.end()) {
+      continue;
+    }
+    return sample.value;
+  }
+  return 0;
+}
+
+// Latency percentiles, CPU time per thread and the process's CPU time and peak RSS.
+void PrintRunFigures(const Pipeline& p, const engine::Snapshot& snapshot) {
+  auto ms = [&](const char* name) { return SampleValue(snapshot, name) / 1e6; };
+  fmt::print("latency accepted -> final outcome (sink write or downstream ack): p50 {:.3f} ms, p90 {:.3f} ms, p99 {:.3f} ms, p99.9 {:.3f} ms, "
+             "max {:.3f} ms ({:.0f} messages)\n",
+             ms("end_to_end_latency_ns_p50"), ms("end_to_end_latency_ns_p90"), ms("end_to_end_latency_ns_p99"),
+             ms("end_to_end_latency_ns_p999"), ms("end_to_end_latency_ns_max"),
+             SampleValue(snapshot, "end_to_end_latency_ns_count"));
+  const storage::WalWriterStats& wal = p.wal().stats();
+  const double groups = static_cast<double>(wal.groups.load());
+  const engine::LatencyHistogram::Snapshot commit = wal.commit_latency_ns.Take();
+  fmt::print("wal: {:.0f} commit groups (write + fdatasync), {:.1f} records and {:.2f} MB per group, "
+             "commit latency p50 {:.3f} ms, p99 {:.3f} ms, max {:.3f} ms\n",
+             groups, groups > 0 ? static_cast<double>(wal.records.load()) / groups : 0,
+             groups > 0 ? static_cast<double>(wal.bytes.load()) / groups / 1e6 : 0,
+             static_cast<double>(commit.Quantile(0.5)) / 1e6, static_cast<double>(commit.Quantile(0.99)) / 1e6,
+             static_cast<double>(commit.max) / 1e6);
+  const auto& plan = p.thread_plan();
+  for (std::size_t t = 0; t < plan.size(); ++t) {
+    std::string stages;
+    for (const auto& name : plan[t].stages) stages += (stages.empty() ? "" : ",") + name;
+    const std::pair<std::string, std::string> label{"thread", std::to_string(t)};
+    fmt::print("thread {} [{}] cpu {}: {:.3f} s CPU, {:.0f} parks\n", t, stages, plan[t].cpu,
+               SampleValue(snapshot, "thread_cpu_seconds", label), SampleValue(snapshot, "thread_parks", label));
+  }
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  fmt::print("process: {:.3f} s user, {:.3f} s system, peak RSS {:.1f} MB\n", seconds(usage.ru_utime),
+             seconds(usage.ru_stime), static_cast<double>(usage.ru_maxrss) / 1024.0);
+}
 
 base::Result<engine::TopologyConfig::Placement> ParsePlacement(const std::string& name) {
   if (name == "auto") return engine::TopologyConfig::Placement::kAuto;
@@ -145,6 +195,14 @@ int RunReplay(const ReplayFlags& flags) {
   fmt::print("not ingested: unreadable files {}, messages over the size limit {}, skipped as already durable {}\n",
              in.unreadable_files.load(), in.rejected_too_large.load(), in.skipped_before_checkpoint.load());
   fmt::print("sink: {}\n", flags.sink);
+  engine::Snapshot snapshot;
+  p.Report(snapshot);
+  PrintRunFigures(p, snapshot);
+  if (!flags.stats_json.empty()) {
+    std::ofstream json(flags.stats_json);
+    json << snapshot.ToJson() << '\n';
+    if (!json) fmt::print(stderr, "mailrail replay: cannot write {}\n", flags.stats_json);
+  }
   if (out.dead_lettered.load() > 0) {
     fmt::print(stderr, "mailrail replay: {} records went to the dead-letter log in {}/dlq (`mailrail dlq list`)\n",
                out.dead_lettered.load(), flags.data_dir);
@@ -181,6 +239,7 @@ void AddReplayCommand(CLI::App& app) {
       ->check(CLI::IsMember({"data", "none"}))
       ->capture_default_str();
   cmd->add_flag("--fresh", flags->fresh, "Ignore and do not write the replay checkpoint");
+  cmd->add_option("--stats-json", flags->stats_json, "Write the final stats snapshot (JSON) to this file");
   cmd->callback([flags] { throw CLI::RuntimeError(RunReplay(*flags)); });
 }
 

@@ -11,6 +11,11 @@
 #include "tools/cmd_wal.h"
 
 int main(int argc, char** argv) {
+  // Back the heap with transparent huge pages where the kernel allows it (madvise mode): the
+  // message pool, the dedup table and the WAL groups are touched page by page at start, and a
+  // page fault costs several microseconds on a VM. A replay of 200,000 messages took 188,000
+  // faults with 4 KiB pages and 12,000 with this, for 13% less CPU (docs/benchmarks.md).
+  mi_option_enable(mi_option_large_os_pages);
   CLI::App app{"mailrail: crash-safe email ingestion engine"};
   app.require_subcommand(1);
   app.add_subcommand("version", "Print the version")->callback([] {

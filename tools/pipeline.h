@@ -90,6 +90,8 @@ class Pipeline {
   void Wait();
 
   void Report(engine::Snapshot& snapshot) const;
+  // Which stages run on which thread and CPU; valid after Start.
+  const std::vector<engine::ThreadPlan>& thread_plan() const { return topology_.plan(); }
   const storage::WalOpenReport& wal_open_report() const { return writer_->open_report(); }
   const stages::WalRecoverySource& recovery() const { return *recovery_; }
   const stages::TerminalStage& sink() const { return *sink_; }

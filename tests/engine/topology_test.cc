@@ -134,6 +134,22 @@ TEST(TopologyTest, OneThreadAndThreadPerStageGiveIdenticalOutput) {
   }
 }
 
+TEST(TopologyTest, ThreadCpuTimeIsReportedAfterWait) {
+  TopologyConfig config;
+  config.placement = TopologyConfig::Placement::kOneThread;
+  Topology topology(config);
+  Pipeline p = Build(topology, 200'000, 64);
+  ASSERT_TRUE(topology.Start().has_value());
+  topology.Wait();
+  ASSERT_EQ(p.sink->items().size(), 200'000u);
+  EXPECT_GT(topology.thread_counters(0).cpu_ns.load(), 0u);
+  Snapshot snapshot;
+  topology.Report(snapshot);
+  bool reported = false;
+  for (const auto& sample : snapshot.samples()) reported = reported || (sample.name == "thread_cpu_seconds" && sample.value > 0);
+  EXPECT_TRUE(reported);
+}
+
 TEST(TopologyTest, AutoPlacementSharesThreadsOnSmallMachinesAndSplitsOnLargeOnes) {
   {
     TopologyConfig config;

@@ -2,6 +2,7 @@
 #include <zlib.h>
 
 #include <array>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -207,6 +208,7 @@ class CollectStage final : public engine::Stage {
     for (std::size_t i = 0; i < n; ++i) {
       seen.push_back(batch[i]->source.id + "@" + batch[i]->source.position + "=" + batch[i]->raw);
       kinds.push_back(batch[i]->kind);
+      accepted_ns.push_back(batch[i]->accepted_ns);
       pool_->Release(batch[i]);
     }
     return n;
@@ -214,6 +216,7 @@ class CollectStage final : public engine::Stage {
   bool IsFinished() const override { return in_->IsDrained(); }
   std::vector<std::string> seen;
   std::vector<InputKind> kinds;
+  std::vector<std::int64_t> accepted_ns;
 
  private:
   engine::Channel<Message*>* in_;
@@ -223,11 +226,12 @@ class CollectStage final : public engine::Stage {
 struct ReplayRun {
   std::vector<std::string> seen;
   std::vector<InputKind> kinds;
+  std::vector<std::int64_t> accepted_ns;
   std::uint64_t skipped = 0;
 };
 
 ReplayRun Replay(const std::vector<std::string>& paths, DumpFormat format, const std::string& checkpoint = "",
-                 std::size_t pool_slots = 4) {
+                 std::size_t pool_slots = 4, double rate = 0) {
   auto inputs = ExpandReplayPaths(paths, format);
   EXPECT_TRUE(inputs.has_value()) << (inputs ? "" : inputs.error().message);
   MessagePool pool(pool_slots, 1 << 20);  // few slots: exercises backpressure
@@ -239,6 +243,7 @@ ReplayRun Replay(const std::vector<std::string>& paths, DumpFormat format, const
   ReplayOptions options;
   options.inputs = *inputs;
   options.checkpoint_path = checkpoint;
+  options.rate = rate;
   auto source = ReplaySource::Create(options, &pool, a);
   EXPECT_TRUE(source.has_value());
   ReplaySource* source_ptr = source->get();
@@ -249,7 +254,8 @@ ReplayRun Replay(const std::vector<std::string>& paths, DumpFormat format, const
   topology.Wait();
   EXPECT_TRUE(source_ptr->WriteCheckpoint().has_value());
   EXPECT_EQ(pool.slots_in_flight(), 0u);
-  return ReplayRun{collect->seen, collect->kinds, source_ptr->counters().skipped_before_checkpoint.load()};
+  return ReplayRun{collect->seen, collect->kinds, collect->accepted_ns,
+                   source_ptr->counters().skipped_before_checkpoint.load()};
 }
 
 TEST(ReplaySourceTest, ReplaysEveryFormatIncludingGzip) {
@@ -328,6 +334,25 @@ TEST(ReplaySourceTest, ManyMessagesThroughATinyPoolLoseNothing) {
   ReplayRun run = Replay({(dir.path() / "many.mbox.gz").string()}, DumpFormat::kAuto, "", 2);
   ASSERT_EQ(run.seen.size(), 5000u);
   for (int i = 0; i < 5000; i += 499) EXPECT_NE(run.seen[i].find("<" + std::to_string(i) + "@t>"), std::string::npos);
+}
+
+TEST(ReplaySourceTest, RatePacingStampsTheScheduledSendTime) {
+  // With a pool of one slot the source falls behind its schedule whenever the consumer is slow;
+  // accepted_ns must still be start + i / rate exactly, so that latency counts the lag.
+  TempDir dir;
+  std::string mbox;
+  for (int i = 0; i < 200; ++i) {
+    mbox += "From x@y Sat Jan  3 01:05:34 1996\nMessage-ID: <" + std::to_string(i) + "@t>\n\nb\n\n";
+  }
+  WriteFile(dir.path() / "paced.mbox", mbox);
+  constexpr double kRate = 20000;
+  ReplayRun run = Replay({(dir.path() / "paced.mbox").string()}, DumpFormat::kAuto, "", 1, kRate);
+  ASSERT_EQ(run.accepted_ns.size(), 200u);
+  for (std::size_t i = 0; i < run.accepted_ns.size(); ++i) {
+    const auto expected = std::chrono::duration_cast<engine::Clock::duration>(
+        std::chrono::duration<double>(static_cast<double>(i) / kRate));
+    EXPECT_EQ(run.accepted_ns[i] - run.accepted_ns[0], expected.count()) << "message " << i;
+  }
 }
 
 }  // namespace
