@@ -63,6 +63,7 @@ base::Result<std::unique_ptr<DedupStage>> DedupStage::Create(DedupStageConfig co
   if (covered != UINT64_MAX) {
     stage->snapshot_lsn_ = stage->max_lsn_ = covered;
     stage->NoteSnapshotDurable(covered, written_ms);
+    stage->counters_.set_size.store(stage->set_.size(), std::memory_order_relaxed);
   }
   if (!stage->config_.duplicates_log_path.empty()) {
     stage->duplicates_log_fd_ =
