@@ -27,7 +27,9 @@
 //   so an idle worker does not hold back WAL retention.
 // Duplicates log: when duplicates_log_path is set, one line per duplicate is appended,
 //   "<lsn> <original_lsn> <dedup_key hex> <message_id>", written once per batch (no fsync: the
-//   log is for inspection, the counters are authoritative). Workers need one log each.
+//   log is for inspection, the counters are authoritative). Several workers may share one file:
+//   it is opened O_APPEND and each batch is one write(), so lines stay whole, but lines of
+//   different workers are not in LSN order.
 // Threading: Stage contract (one thread). Counters are single-writer relaxed atomics written by
 //   that thread (base::BumpSingleWriter, plain stores of gauges once per batch) and read with
 //   relaxed loads from any thread (Report, the stats socket). Blocking: only while writing a
