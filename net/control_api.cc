@@ -99,6 +99,12 @@ void ControlApi::Install(HttpServer& server) {
     if (!Authorized(request)) return responder.Send(Unauthorized());
     Answer(responder, service_->TriggerPolling());
   });
+  server.Route("POST", "/rules/reload", [this, loop = server.loop()](HttpRequest& request, Responder responder) {
+    if (!Authorized(request)) return responder.Send(Unauthorized());
+    service_->ReloadRules([this, loop, responder](ControlReply reply) {
+      loop->Post([this, responder, reply = std::move(reply)] { Answer(responder, reply); });
+    });
+  });
   // Health and metrics stay open: load balancers and Prometheus scrape them without a token.
   server.Route("GET", "/health", [this](HttpRequest&, Responder responder) {
     const HealthReport report = service_->Health();

@@ -5,6 +5,11 @@
 //   POST /session/stop    {"reason": "..."}          (optional body)
 //   GET  /session/status
 //   POST /polling/trigger
+//   POST /rules/reload    reloads the filter rule file like SIGHUP: 200 {"status":"reloaded",
+//                         "version":V,"rules":N,...} once the new set is compiled and queued (every
+//                         message ingested after the answer is judged by it), or 422
+//                         {"status":"rejected","error":"FILE:LINE: rule 'ID': ...","version":OLD}
+//                         with the old rules still in force
 //   GET  /health          200 {"status":"ok"} or 503 {"status":"unhealthy","reasons":[...]}
 //   GET  /metrics         Prometheus text format 0.0.4
 // The daemon implements ControlService and decides the JSON of each answer; ControlApi does the
@@ -12,8 +17,10 @@
 // and the metrics of the net layer appended after the service's own.
 //
 // Threading: handlers run on the server's loop thread and call the service there; a service must
-//   answer quickly (read atomics or a snapshot; never block on the pipeline). Metrics sources
-//   added with AddMetrics run on the loop thread as well.
+//   answer quickly (read atomics or a snapshot; never block on the pipeline). Work that takes
+//   longer (compiling rules) is answered asynchronously: ReloadRules gets a reply callback that
+//   the service calls exactly once, from any thread; ControlApi posts the answer to the loop.
+//   Metrics sources added with AddMetrics run on the loop thread as well.
 // Lifetime: the service and every metrics source outlive the server.
 
 #include <functional>
@@ -46,6 +53,8 @@ class ControlService {
   virtual ControlReply StopSession(std::string_view reason) = 0;
   virtual ControlReply SessionStatus() = 0;
   virtual ControlReply TriggerPolling() = 0;
+  // Reloads the filter rules off the loop thread and calls `reply` once with the outcome.
+  virtual void ReloadRules(std::function<void(ControlReply)> reply) = 0;
   virtual HealthReport Health() = 0;
   // Prometheus text for the daemon's own metrics (pipeline counters, WAL, forward).
   virtual std::string Metrics() = 0;

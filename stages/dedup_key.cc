@@ -106,4 +106,12 @@ DedupKey DedupKeyer::KeyOf(const Message& message) {
   return DedupKey{ContentKey(record), DedupKeyKind::kContent};
 }
 
+void DedupKeyCounts::Report(engine::Snapshot& s) const {
+  static constexpr const char* kKinds[] = {"message_id", "graph_id", "content"};
+  for (std::size_t k = 0; k < by_kind.size(); ++k) {
+    s.Counter("dedup_keys_computed", static_cast<double>(by_kind[k].load(std::memory_order_relaxed)),
+              {{"kind", kKinds[k]}}, k == 0 ? "dedup keys by what they were computed from" : "");
+  }
+}
+
 }  // namespace mailrail::stages

@@ -19,12 +19,16 @@
 //   forwarded twice, which at-least-once delivery allows).
 // Threading: one owner thread (the dedup stage). Allocation: only when the bad-id list grows.
 
+#include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "engine/base/counters.h"
+#include "engine/stats.h"
 #include "stages/message.h"
 #include "stages/record.h"
 
@@ -41,6 +45,15 @@ enum class DedupKeyKind : std::uint8_t { kMessageId, kGraphId, kContent };
 struct DedupKey {
   Fingerprint fingerprint;
   DedupKeyKind kind = DedupKeyKind::kMessageId;
+};
+
+// DedupKeyCounts: keys computed, by kind, reported as dedup_keys_computed{kind}. Threading: one
+// writer (the thread that keys messages, BumpSingleWriter), readers use relaxed loads.
+struct DedupKeyCounts {
+  std::array<std::atomic<std::uint64_t>, 3> by_kind{};  // indexed by DedupKeyKind
+
+  void Count(DedupKeyKind kind) { base::BumpSingleWriter(by_kind[static_cast<std::size_t>(kind)]); }
+  void Report(engine::Snapshot& snapshot) const;
 };
 
 // Normalizes a Message-ID into `out` (cleared first); returns false when nothing is left.

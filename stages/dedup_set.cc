@@ -169,11 +169,22 @@ std::vector<DedupEntry> DedupShard::Entries() const {
 DedupSet::DedupSet(const DedupSetConfig& config) : config_(config) {
   MR_CHECK(std::has_single_bit(config.shards) && config.shards <= 4096)
       << "dedup shards must be a power of two <= 4096: " << config.shards;
+  MR_CHECK(config.owners >= 1 && config.owners <= config.shards && config.owner < config.owners)
+      << "dedup set owner " << config.owner << " of " << config.owners << " with " << config.shards << " shards";
   shard_bits_ = static_cast<unsigned>(std::countr_zero(config.shards));
   const std::uint64_t per_shard = (config.capacity + config.shards - 1) / config.shards;
-  for (std::size_t i = 0; i < config.shards; ++i) {
-    shards_.push_back(std::make_unique<DedupShard>(per_shard, config.age_granularity_ms));
+  shards_.resize(config.shards);
+  for (std::size_t i = config.owner; i < config.shards; i += config.owners) {
+    shards_[i] = std::make_unique<DedupShard>(per_shard, config.age_granularity_ms);
+    capacity_ += per_shard;
   }
+}
+
+DedupShard& DedupSet::OwnedShardOf(const Fingerprint& key) const {
+  const std::size_t s = ShardOf(key);
+  MR_CHECK(shards_[s] != nullptr) << "dedup: key of shard " << s << " routed to worker " << config_.owner << " of "
+                                  << config_.owners;
+  return *shards_[s];
 }
 
 void DedupSet::InsertOrFindBatch(std::span<const DedupQuery> queries, std::span<DedupAnswer> answers) {
@@ -186,13 +197,11 @@ void DedupSet::InsertOrFindBatch(std::span<const DedupQuery> queries, std::span<
   }
   constexpr std::size_t kAhead = 8;
   const std::size_t n = queries.size();
-  for (std::size_t i = 0; i < std::min(n, kAhead); ++i) {
-    shards_[ShardOf(queries[i].key)]->Prefetch(queries[i].key.high);
-  }
+  for (std::size_t i = 0; i < std::min(n, kAhead); ++i) OwnedShardOf(queries[i].key).Prefetch(queries[i].key.high);
   for (std::size_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) shards_[ShardOf(queries[i + kAhead].key)]->Prefetch(queries[i + kAhead].key.high);
+    if (i + kAhead < n) OwnedShardOf(queries[i + kAhead].key).Prefetch(queries[i + kAhead].key.high);
     const DedupQuery& q = queries[i];
-    answers[i] = shards_[ShardOf(q.key)]->InsertOrFind(q.key.high, q.lsn, q.time_ms);
+    answers[i] = OwnedShardOf(q.key).InsertOrFind(q.key.high, q.lsn, q.time_ms);
   }
 }
 
@@ -202,30 +211,32 @@ DedupAnswer DedupSet::InsertOrFind(const DedupQuery& query) {
   return answer;
 }
 
-bool DedupSet::Contains(const Fingerprint& key) const { return shards_[ShardOf(key)]->Contains(key.high); }
+bool DedupSet::Contains(const Fingerprint& key) const { return OwnedShardOf(key).Contains(key.high); }
 
 void DedupSet::ExpireOlderThan(std::int64_t cutoff_ms) {
-  for (auto& shard : shards_) shard->ExpireOlderThan(cutoff_ms);
+  for (auto& shard : shards_) {
+    if (shard) shard->ExpireOlderThan(cutoff_ms);
+  }
 }
 
 std::uint64_t DedupSet::size() const {
   std::uint64_t total = 0;
-  for (const auto& shard : shards_) total += shard->size();
+  for (const auto& shard : shards_) total += shard ? shard->size() : 0;
   return total;
 }
 std::uint64_t DedupSet::evicted_by_count() const {
   std::uint64_t total = 0;
-  for (const auto& shard : shards_) total += shard->evicted_by_count();
+  for (const auto& shard : shards_) total += shard ? shard->evicted_by_count() : 0;
   return total;
 }
 std::uint64_t DedupSet::evicted_by_age() const {
   std::uint64_t total = 0;
-  for (const auto& shard : shards_) total += shard->evicted_by_age();
+  for (const auto& shard : shards_) total += shard ? shard->evicted_by_age() : 0;
   return total;
 }
 std::size_t DedupSet::bytes_reserved() const {
-  std::size_t total = sizeof(*this);
-  for (const auto& shard : shards_) total += sizeof(DedupShard) + shard->bytes_reserved();
+  std::size_t total = sizeof(*this) + shards_.size() * sizeof(shards_[0]);
+  for (const auto& shard : shards_) total += shard ? sizeof(DedupShard) + shard->bytes_reserved() : 0;
   return total;
 }
 

@@ -23,8 +23,11 @@
 //   Memory: 64 / (12 * 0.75) + 12 ≈ 19.1 bytes per key of capacity, all allocated up front.
 //
 // Threading: a DedupShard is owned by one thread (no locks, no atomics). DedupSet is a plain
-//   container of shards; whoever calls its batch methods must own every shard it touches. The
-//   dedup stage owns a whole DedupSet.
+//   container of shards; whoever calls its batch methods must own every shard it touches. Each
+//   dedup stage owns one DedupSet: the whole logical set, or, with several dedup workers, the
+//   shards s with s % owners == owner (the others are not allocated; a query for a key of a
+//   shard the set does not hold is a routing bug and aborts). Shard indices are always those
+//   of the whole logical set, so a snapshot written by any split loads into any other.
 // Blocking: never; no allocation after construction except the marks deque (one entry per
 //   age granularity).
 
@@ -44,7 +47,14 @@ struct DedupSetConfig {
   std::uint64_t capacity = 8'000'000;                      // keys remembered, over all shards
   std::int64_t max_age_ms = 7LL * 24 * 3600 * 1000;        // 0: no limit by age
   std::int64_t age_granularity_ms = 60'000;                // expiry by age is this coarse
+  std::size_t owner = 0;                                   // this set holds shards s with
+  std::size_t owners = 1;                                  //   s % owners == owner (1..shards)
 };
+
+// Shard of `key` in a set of 2^shard_bits shards: the top shard_bits bits of Fingerprint::low.
+inline std::size_t DedupShardOf(const Fingerprint& key, unsigned shard_bits) {
+  return shard_bits == 0 ? 0 : static_cast<std::size_t>(key.low >> (64 - shard_bits));
+}
 
 struct DedupQuery {
   Fingerprint key;
@@ -138,10 +148,9 @@ class DedupSet {
   bool Contains(const Fingerprint& key) const;
   void ExpireOlderThan(std::int64_t cutoff_ms);
 
-  std::size_t shard_count() const { return shards_.size(); }
-  std::size_t ShardOf(const Fingerprint& key) const {
-    return shard_bits_ == 0 ? 0 : static_cast<std::size_t>(key.low >> (64 - shard_bits_));
-  }
+  std::size_t shard_count() const { return shards_.size(); }  // of the whole logical set
+  std::size_t ShardOf(const Fingerprint& key) const { return DedupShardOf(key, shard_bits_); }
+  bool owns(std::size_t shard) const { return shards_[shard] != nullptr; }
   DedupShard& shard(std::size_t i) { return *shards_[i]; }
   const DedupShard& shard(std::size_t i) const { return *shards_[i]; }
   const DedupSetConfig& config() const { return config_; }
@@ -150,13 +159,18 @@ class DedupSet {
   std::uint64_t evicted_by_count() const;
   std::uint64_t evicted_by_age() const;
   std::size_t bytes_reserved() const;
+  // Keys the shards this set holds can remember (the whole capacity when it holds every shard).
+  std::uint64_t capacity() const { return capacity_; }
   // Reserved bytes divided by capacity: the memory cost of one remembered key.
-  double bytes_per_key() const { return static_cast<double>(bytes_reserved()) / static_cast<double>(config_.capacity); }
+  double bytes_per_key() const { return static_cast<double>(bytes_reserved()) / static_cast<double>(capacity_); }
 
  private:
+  DedupShard& OwnedShardOf(const Fingerprint& key) const;
+
   DedupSetConfig config_;
   unsigned shard_bits_ = 0;
-  std::vector<std::unique_ptr<DedupShard>> shards_;
+  std::uint64_t capacity_ = 0;
+  std::vector<std::unique_ptr<DedupShard>> shards_;  // nullptr: held by another worker
   std::int64_t newest_time_ms_ = 0;
 };
 

@@ -6,9 +6,12 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <optional>
+#include <set>
 #include <vector>
 
 namespace mailrail::stages {
@@ -98,6 +101,11 @@ DedupSnapshotWriter::~DedupSnapshotWriter() {
 }
 
 bool DedupSnapshotWriter::Step(const DedupSet& set) {
+  // Shards held by other workers are written empty (their owners' files hold them).
+  while (next_shard_ < set.shard_count() && !set.owns(next_shard_)) {
+    out_->PutU64(0);
+    ++next_shard_;
+  }
   if (next_shard_ < set.shard_count()) {
     const std::vector<DedupEntry> entries = set.shard(next_shard_++).Entries();
     out_->PutU64(entries.size());
@@ -182,6 +190,10 @@ base::Result<std::uint64_t> LoadDedupSnapshot(const std::string& path, DedupSet&
   for (std::uint32_t s = 0; s < shards; ++s) {
     const std::uint64_t n = ReadU64(data + offset);
     offset += 8;
+    if (!set.owns(s)) {  // another worker's shard: its owner loads it
+      offset += n * kEntryBytes;
+      continue;
+    }
     DedupShard& shard = set.shard(s);
     for (std::uint64_t i = 0; i < n; ++i, offset += kEntryBytes) {
       const auto time_ms = static_cast<std::int64_t>(ReadU64(data + offset + 16));
@@ -190,6 +202,66 @@ base::Result<std::uint64_t> LoadDedupSnapshot(const std::string& path, DedupSet&
   }
   ::munmap(map, size);
   return covered;
+}
+
+std::string DedupSnapshotPath(const std::string& base, std::size_t worker, std::size_t workers) {
+  return workers == 1 ? base : base + "." + std::to_string(worker) + "-of-" + std::to_string(workers);
+}
+
+namespace {
+
+// Covered LSN from a snapshot header, or nothing when the file is absent or too short for one.
+std::optional<std::uint64_t> ReadCoveredLsn(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  char header[kHeaderBytes];
+  const ssize_t n = ::pread(fd, header, sizeof(header), 0);
+  ::close(fd);
+  if (n != static_cast<ssize_t>(sizeof(header)) || std::memcmp(header, kMagic, 8) != 0) return std::nullopt;
+  return ReadU64(header + 16);
+}
+
+}  // namespace
+
+std::vector<std::string> FindDedupSnapshotLayout(const std::string& base, std::size_t workers) {
+  // Worker counts present next to `base` (names base.<w>-of-<N>), plus the one-worker file.
+  const std::filesystem::path base_path(base);
+  std::set<std::size_t> counts{1, workers};
+  std::error_code ec;
+  const std::filesystem::path dir = base_path.has_parent_path() ? base_path.parent_path() : ".";
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const std::string prefix = base_path.filename().string() + ".";
+    const auto of = name.find("-of-");
+    if (!name.starts_with(prefix) || of == std::string::npos) continue;
+    const std::string n = name.substr(of + 4);
+    if (!n.empty() && n.size() < 5 && std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; })) counts.insert(std::stoul(n));
+  }
+  std::vector<std::string> best;
+  std::uint64_t best_lsn = 0;
+  bool best_is_configured = false;
+  for (const std::size_t count : counts) {
+    if (count == 0) continue;
+    std::vector<std::string> files;
+    std::uint64_t lowest = UINT64_MAX;
+    for (std::size_t w = 0; w < count; ++w) {
+      files.push_back(DedupSnapshotPath(base, w, count));
+      const auto covered = ReadCoveredLsn(files.back());
+      if (!covered) {
+        files.clear();
+        break;
+      }
+      lowest = std::min(lowest, *covered);
+    }
+    if (files.empty()) continue;
+    const bool configured = count == workers;
+    if (best.empty() || lowest > best_lsn || (lowest == best_lsn && configured && !best_is_configured)) {
+      best = std::move(files);
+      best_lsn = lowest;
+      best_is_configured = configured;
+    }
+  }
+  return best;
 }
 
 }  // namespace mailrail::stages

@@ -17,6 +17,10 @@
 // Loading re-inserts the entries in order with their times, so ages survive the restart, and
 // needs the same shard count (the shard bits are implied, not stored); capacity may differ (a
 // smaller one keeps the newest entries).
+// Several dedup workers: each writes its own file, <base>.<w>-of-<N> (one worker: <base>), with
+// the shards it does not hold written empty, so the files of one worker count (a "layout")
+// together hold the set, and any file loads into any split (each worker keeps the shards it
+// holds). FindDedupSnapshotLayout picks what to load at start, whatever the worker count was.
 // Incremental writing: DedupSnapshotWriter writes one shard per Step(), so the owning stage can
 // interleave batches and stall for one shard at a time. Shards written later may hold keys
 // inserted after the covered LSN; that is harmless (a superset of what the LSN promises).
@@ -25,6 +29,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/base/result.h"
 #include "stages/dedup_set.h"
@@ -57,8 +62,18 @@ class DedupSnapshotWriter {
 // Writes the whole snapshot at once.
 base::Status WriteDedupSnapshot(const DedupSet& set, std::uint64_t covered_lsn, const std::string& path);
 
-// Loads PATH into `set` (which should be empty). Returns the covered LSN; error code
-// "dedup.snapshot_missing" when there is no file, other codes when it is unusable.
+// Loads PATH into `set` (which should be empty): the entries of the shards `set` holds. Returns
+// the covered LSN; error code "dedup.snapshot_missing" when there is no file, other codes when it
+// is unusable.
 base::Result<std::uint64_t> LoadDedupSnapshot(const std::string& path, DedupSet& set);
+
+// The file worker `worker` of `workers` writes: `base` for one worker, else base.<w>-of-<N>.
+std::string DedupSnapshotPath(const std::string& base, std::size_t worker, std::size_t workers);
+
+// The snapshot files to load at start: of every layout (worker count) whose files all exist, the
+// one whose lowest covered LSN (read from the headers) is highest, preferring `workers` on a tie;
+// empty when there is none. Files of other layouts stay on disk: a set loaded from them and
+// snapshotted again covers at least their LSN, so they are never picked over the newer files.
+std::vector<std::string> FindDedupSnapshotLayout(const std::string& base, std::size_t workers);
 
 }  // namespace mailrail::stages

@@ -13,18 +13,29 @@
 //   order, and the next stage passes on those whose outcome is already final.
 //   Every popped message leaves through exactly one of out/done and is counted once in
 //   DedupCounters, so in == forwarded + passed_unparsed + duplicates + rebuilt.
+// Workers: with one dedup thread the stage keys messages itself and holds every shard. With
+//   several, a DedupRouter keys them (keyed_upstream) and sends each to the worker holding its
+//   shard (set.owner of set.owners); the worker is named "dedup-<owner>" and must route in line
+//   (done == out) so the filter can merge the workers' outputs back into order.
 // Restart: a recovered message whose key is found with its own LSN is the same message seen
-//   again (it was in the snapshot), not a duplicate. The set is loaded from snapshot_path at
-//   construction and written there (crash-atomically, with the highest LSN processed) every
+//   again (it was in the snapshot), not a duplicate. The set is loaded at construction from
+//   load_snapshots (default: snapshot_path; each file gives the shards this worker holds) and
+//   written to snapshot_path (crash-atomically, with the highest LSN covered) every
 //   snapshot_interval, one shard per batch, and whole when the input is drained at clean
-//   shutdown.
+//   shutdown. Behind a router, the covered LSN also advances to the router's routed_through_lsn
+//   whenever the worker's input is empty (everything routed to it up to there is in the set),
+//   so an idle worker does not hold back WAL retention.
 // Duplicates log: when duplicates_log_path is set, one line per duplicate is appended,
 //   "<lsn> <original_lsn> <dedup_key hex> <message_id>", written once per batch (no fsync: the
-//   log is for inspection, the counters are authoritative).
-// Threading: Stage contract (one thread). Counters are relaxed atomics written by that thread and
-//   readable from any thread. Blocking: only while writing a snapshot (measured ~0.1 s per
-//   million keys including fsync, bench_dedup BM_DedupSnapshot_WriteThenLoad; periodic snapshots
-//   spread it over one batch per shard, plus the final fsync).
+//   log is for inspection, the counters are authoritative). Several workers may share one file:
+//   it is opened O_APPEND and each batch is one write(), so lines stay whole, but lines of
+//   different workers are not in LSN order.
+// Threading: Stage contract (one thread). Counters are single-writer relaxed atomics written by
+//   that thread (base::BumpSingleWriter, plain stores of gauges once per batch) and read with
+//   relaxed loads from any thread (Report, the stats socket). Blocking: only while writing a
+//   snapshot (measured ~0.1 s per million keys including fsync, bench_dedup
+//   BM_DedupSnapshot_WriteThenLoad; periodic snapshots spread it over one batch per shard, plus
+//   the final fsync).
 
 #include <array>
 #include <atomic>
@@ -50,6 +61,11 @@ struct DedupStageConfig {
   std::chrono::milliseconds snapshot_interval{30 * 1000};  // 0: only at clean shutdown
   std::uint64_t forwarded_through_lsn = 0;  // recovered messages at or below only rebuild the set
   std::string duplicates_log_path;          // "": no log
+  // Snapshot files to load at start (FindDedupSnapshotLayout); empty: snapshot_path if present.
+  std::vector<std::string> load_snapshots;
+  bool keyed_upstream = false;  // behind a DedupRouter: record.dedup_key is set (unless parse_failed)
+  // Behind a router: the highest LSN it has routed (release-stored by the router after pushing).
+  const std::atomic<std::uint64_t>* routed_through_lsn = nullptr;
 };
 
 struct DedupCounters {
@@ -58,13 +74,14 @@ struct DedupCounters {
   std::atomic<std::uint64_t> passed_unparsed{0};
   std::atomic<std::uint64_t> duplicates{0};
   std::atomic<std::uint64_t> rebuilt{0};
-  std::atomic<std::uint64_t> keys_by_message_id{0};
-  std::atomic<std::uint64_t> keys_by_graph_id{0};
-  std::atomic<std::uint64_t> keys_by_content{0};
+  DedupKeyCounts keys;  // when the stage keys messages itself (one worker)
   std::atomic<std::uint64_t> snapshots_written{0};
   std::atomic<std::uint64_t> snapshot_errors{0};
   std::atomic<std::uint64_t> set_size{0};
   std::atomic<std::uint64_t> bytes_reserved{0};
+  std::atomic<std::uint64_t> expired_by_count{0};  // evicted as the oldest of a full window
+  std::atomic<std::uint64_t> expired_by_age{0};    // older than max_age_ms
+  std::atomic<std::int64_t> snapshot_unix_ms{0};   // when the newest durable snapshot was written; 0: none
 };
 
 class DedupStage final : public engine::Stage {
@@ -78,10 +95,13 @@ class DedupStage final : public engine::Stage {
   DedupStage(const DedupStage&) = delete;
   DedupStage& operator=(const DedupStage&) = delete;
 
-  std::string_view name() const override { return "dedup"; }
+  std::string_view name() const override { return name_; }
   std::size_t RunOnce() override;
   bool IsFinished() const override { return finished_; }
   unsigned cost_hint() const override { return 1; }
+  // Keys held, capacity, bytes per key, duplicates, expired entries, snapshot LSN and age, keys by
+  // kind (when it keys messages itself); labelled worker="<owner>".
+  void Report(engine::Snapshot& snapshot) const override;
 
   const DedupCounters& counters() const { return counters_; }
   std::uint64_t snapshot_lsn() const { return snapshot_lsn_; }  // covered LSN of the loaded snapshot
@@ -97,14 +117,16 @@ class DedupStage final : public engine::Stage {
   void LogDuplicate(const Message& message, std::uint64_t original_lsn);
   void StepPeriodicSnapshot();
   void Finish(Message* m) { (done_.channel() == out_.channel() ? out_ : done_).Add(m); }
+  void NoteSnapshotDurable(std::uint64_t covered_lsn, std::int64_t unix_ms);
 
   static constexpr std::size_t kBatch = 64;
   DedupStageConfig config_;
+  std::string name_;
   MessageChannel* in_;
   engine::Outbox<Message*> out_;
   engine::Outbox<Message*> done_;
   DedupSet set_;
-  DedupKeyer keyer_;
+  std::unique_ptr<DedupKeyer> keyer_;  // nullptr when keyed_upstream
   std::array<Message*, kBatch> batch_{};
   std::array<DedupQuery, kBatch> queries_{};
   std::array<DedupAnswer, kBatch> answers_{};

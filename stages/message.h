@@ -83,6 +83,7 @@ struct Message : engine::PoolSlot {
   Outcome outcome = Outcome::kInFlight;
   bool parse_failed = false;          // nothing could be parsed: goes to quarantine
   std::string_view parse_error;       // reason when parse_failed
+  std::uint64_t route_seq = 0;        // order number from the DedupRouter (0: not split over workers)
 
   void Reset() {
     // Keep the buffer of an ordinary message; give back an attachment-sized one, or every slot
@@ -106,6 +107,7 @@ struct Message : engine::PoolSlot {
     outcome = Outcome::kInFlight;
     parse_failed = false;
     parse_error = {};
+    route_seq = 0;
   }
 };
 

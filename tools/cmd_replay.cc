@@ -29,6 +29,7 @@ struct ReplayFlags {
   std::string wal_sync = "data";
   std::size_t in_flight_mib = 64;
   std::size_t batch_records = 500;
+  std::size_t dedup_threads = 1;
   std::string stats_json;  // empty: none
 };
 
@@ -117,6 +118,7 @@ int RunReplay(const ReplayFlags& flags) {
   } else {
     settings.jsonl_path = flags.sink.substr(6);
   }
+  settings.dedup_threads = flags.dedup_threads;
   if (flags.wal_sync == "none") {
     settings.wal.sync = storage::WalConfig::Sync::kNone;
     fmt::print(stderr, "mailrail replay: WARNING: --wal-sync none: the WAL does not fdatasync; a crash loses data. "
@@ -176,9 +178,15 @@ int RunReplay(const ReplayFlags& flags) {
   std::uint64_t defects = 0;
   for (auto n : parsed.defects) defects += n;
   fmt::print("parse: {} messages with defects ({} defects in all)\n", parsed.messages_with_defects, defects);
-  const stages::DedupCounters& dedup = p.dedup().counters();
-  fmt::print("dedup: {} in, {} duplicates, {} keys held ({:.1f} MB reserved)\n", dedup.in.load(), dedup.duplicates.load(),
-             dedup.set_size.load(), static_cast<double>(dedup.bytes_reserved.load()) / 1e6);
+  std::uint64_t dedup_in = 0, duplicates = 0, keys = 0, reserved = 0;
+  for (const stages::DedupStage* worker : p.dedup_workers()) {
+    dedup_in += worker->counters().in.load();
+    duplicates += worker->counters().duplicates.load();
+    keys += worker->counters().set_size.load();
+    reserved += worker->counters().bytes_reserved.load();
+  }
+  fmt::print("dedup ({} threads): {} in, {} duplicates, {} keys held ({:.1f} MB reserved)\n", p.dedup_workers().size(),
+             dedup_in, duplicates, keys, static_cast<double>(reserved) / 1e6);
   const stages::FilterStats filter = p.filter().Stats();
   fmt::print("filter: {} in, accepted {}, labelled {}, quarantined {}, dropped {}\n", filter.in,
              filter.by_action[0], filter.by_action[1], filter.by_action[2], filter.by_action[3]);
@@ -237,6 +245,9 @@ void AddReplayCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--wal-sync", flags->wal_sync, "data (fdatasync every commit group) or none (benchmarks only)")
       ->check(CLI::IsMember({"data", "none"}))
+      ->capture_default_str();
+  cmd->add_option("--dedup-threads", flags->dedup_threads, "Dedup worker threads (1..4, the default shard count)")
+      ->check(CLI::Range(1, 4))
       ->capture_default_str();
   cmd->add_flag("--fresh", flags->fresh, "Ignore and do not write the replay checkpoint");
   cmd->add_option("--stats-json", flags->stats_json, "Write the final stats snapshot (JSON) to this file");

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -35,13 +36,69 @@
 namespace mailrail::tools {
 namespace {
 
+using ReloadResult = base::Result<stages::RuleSetVersion>;
+
+// RuleReloader: runs FilterStage::RequestReload for the control API on its own thread, so the
+// network loop never waits for a rule compile. Requests are served in order, each with its own
+// result; `done` is called on the reloader thread. Threading: Request from any thread; the
+// destructor finishes the queued requests and joins.
+class RuleReloader {
+ public:
+  using Done = std::function<void(const ReloadResult&)>;
+  explicit RuleReloader(stages::FilterStage* filter) : filter_(filter), thread_([this] { Run(); }) {}
+  ~RuleReloader() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  void Request(Done done) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back(std::move(done));
+    }
+    wake_.notify_one();
+  }
+
+ private:
+  void Run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      Done done = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      done(filter_->RequestReload());
+      lock.lock();
+    }
+  }
+
+  stages::FilterStage* filter_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Done> queue_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
 // Daemon: the control API's view of the running process (session state, status, health,
-// metrics). Threading: the ControlService methods run on the network loop thread; they read
-// counters (relaxed atomics) and the session state (under mutex_), and never block.
+// metrics, rule reload). Threading: the ControlService methods run on the network loop thread;
+// they read counters (relaxed atomics) and the session state (under mutex_), and never block
+// (ReloadRules hands the compile to the RuleReloader and answers from there).
 class Daemon final : public net::ControlService {
  public:
-  Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest)
-      : pipeline_(pipeline), registry_(registry), ingest_(ingest), started_(std::chrono::steady_clock::now()) {}
+  using ReloadLog = std::function<void(std::string_view source, const ReloadResult& result)>;
+  Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest,
+         ReloadLog log_reload)
+      : pipeline_(pipeline),
+        registry_(registry),
+        ingest_(ingest),
+        log_reload_(std::move(log_reload)),
+        started_(std::chrono::steady_clock::now()),
+        reloader_(&pipeline->filter()) {}
 
   net::ControlReply StartSession(const net::SessionStartRequest& request) override {
     std::lock_guard lock(mutex_);
@@ -90,6 +147,21 @@ class Daemon final : public net::ControlService {
     return {202, R"({"status":"accepted","detail":"no mailbox pollers are configured; nothing to poll"})"};
   }
 
+  void ReloadRules(std::function<void(net::ControlReply)> reply) override {
+    reloader_.Request([this, reply = std::move(reply)](const ReloadResult& result) {
+      log_reload_("api", result);
+      if (result) {
+        reply({200, fmt::format(R"({{"status":"reloaded","version":{},"rules":{},"thresholds":{}}})",
+                                result->version, result->rules, result->thresholds)});
+        return;
+      }
+      std::string body = R"({"status":"rejected","error":)";
+      stages::AppendJsonString(result.error().message, body);
+      body += fmt::format(R"(,"version":{}}})", pipeline_->filter().Stats().version);
+      reply({422, std::move(body)});
+    });
+  }
+
   net::HealthReport Health() override {
     net::HealthReport report;
     if (const base::Error* failure = pipeline_->wal().failure()) report.reasons.push_back("wal: " + failure->message);
@@ -107,6 +179,7 @@ class Daemon final : public net::ControlService {
   Pipeline* pipeline_;
   const engine::StatsRegistry* registry_;
   const net::IngestHandler* ingest_;
+  const ReloadLog log_reload_;
   const std::chrono::steady_clock::time_point started_;
   std::mutex mutex_;
   bool session_active_ = true;  // the daemon ingests from the start; /session/stop pauses nothing yet
@@ -115,6 +188,7 @@ class Daemon final : public net::ControlService {
   bool enable_webhook_ = true;
   std::string stop_reason_;
   std::uint64_t session_id_ = 1;
+  RuleReloader reloader_;  // last: its thread may call back into the members above
 };
 
 using LogFields = std::vector<std::pair<std::string_view, std::string>>;
@@ -170,6 +244,7 @@ int RunDaemon(const std::string& config_path) {
   settings.wal = config.wal;
   settings.dedup = config.dedup;
   settings.dedup_duplicates_log = config.dedup_duplicates_log;
+  settings.dedup_threads = config.dedup_threads;
   settings.filter.rules_path = config.filter.rules;
   auto opened = Pipeline::Open(settings);
   if (!opened) {
@@ -213,7 +288,19 @@ int RunDaemon(const std::string& config_path) {
     s.Counter("graph_notifications", static_cast<double>(st.graph_notifications.value()));
     s.Counter("graph_client_state_mismatches", static_cast<double>(st.graph_client_state_mismatches.value()));
   });
-  Daemon daemon(&pipeline, &registry, &ingest);
+  // One log line per reload, whoever asked (SIGHUP or the control API).
+  auto log_reload = [&config](std::string_view source, const ReloadResult& result) {
+    if (result) {
+      Log(config, "reload",
+          {{"result", "ok"}, {"source", std::string(source)}, {"rules", config.filter.rules},
+           {"version", std::to_string(result->version)}, {"rule_count", std::to_string(result->rules)}});
+    } else {
+      Log(config, "reload",
+          {{"result", "rejected"}, {"source", std::string(source)}, {"rules", config.filter.rules},
+           {"error", result.error().message}});
+    }
+  };
+  Daemon daemon(&pipeline, &registry, &ingest, log_reload);
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
 
@@ -257,11 +344,7 @@ int RunDaemon(const std::string& config_path) {
     if (watchdog) sd_notify(0, "WATCHDOG=1");
     if (sig == SIGHUP) {
       // The rules compile here, off the pipeline's threads; an invalid file keeps the old rules.
-      if (auto status = pipeline.filter().RequestReload(); status) {
-        Log(config, "reload", {{"result", "ok"}, {"rules", config.filter.rules}});
-      } else {
-        Log(config, "reload", {{"result", "rejected"}, {"rules", config.filter.rules}, {"error", status.error().message}});
-      }
+      log_reload("sighup", pipeline.filter().RequestReload());
     } else if (sig == SIGTERM || sig == SIGINT) {
       if (draining) {
         Log(config, "exit_now", {{"reason", "second_signal"}, {"detail", "the WAL holds every accepted message"}});

@@ -37,6 +37,7 @@ struct DaemonConfig {
   storage::WalConfig wal;        // [wal]; dir is always <data_dir>/wal
   stages::DedupStageConfig dedup;  // [dedup]; snapshot path is <data_dir>/dedup.snapshot
   bool dedup_duplicates_log = false;
+  std::size_t dedup_threads = 1;   // [dedup] threads; "auto" is resolved at parse time
 
   struct Filter {
     std::string rules = "builtin:default";  // a rule file (relative to the config file) or builtin:default
@@ -79,5 +80,7 @@ base::Result<DaemonConfig> LoadConfig(const std::string& path);
 // Parses TOML text as if read from `file` (for tests and the embedded default).
 base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string& file);
 const char* EmbeddedDefaultConfig();
+// [dedup] threads = "auto": 1 up to 7 CPUs, then one per 4 CPUs, at most min(shards, 8).
+std::size_t AutoDedupThreads(std::size_t cpus, std::size_t shards);
 
 }  // namespace mailrail::tools

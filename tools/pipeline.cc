@@ -40,18 +40,10 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
   p->ingest_ = t.MakeChannel<stages::Message*>("ingest->wal", s.ring_capacity);
   p->recovered_ = t.MakeChannel<stages::Message*>("recovery->wal", s.ring_capacity);
   p->durable_ = t.MakeChannel<stages::Message*>("wal->parse", s.ring_capacity);
-  p->parsed_ = t.MakeChannel<stages::Message*>("parse->dedup", s.ring_capacity);
-  p->deduped_ = t.MakeChannel<stages::Message*>("dedup->filter", s.ring_capacity);
+  p->parsed_ = t.MakeChannel<stages::Message*>(s.dedup_threads == 1 ? "parse->dedup" : "parse->dedup-route",
+                                               s.ring_capacity);
+  if (auto status = p->OpenDedup(report.checkpoint_lsn); !status) return status.error();
   p->filtered_ = t.MakeChannel<stages::Message*>("filter->forward", s.ring_capacity);
-
-  // Dedup and filter route finished messages in line (done == out), keeping LSN order.
-  if (s.dedup.snapshot_path.empty()) s.dedup.snapshot_path = (std::filesystem::path(s.data_dir) / "dedup.snapshot").string();
-  if (s.dedup_duplicates_log) s.dedup.duplicates_log_path = (std::filesystem::path(s.data_dir) / "duplicates.log").string();
-  s.dedup.forwarded_through_lsn = report.checkpoint_lsn;
-  auto dedup = stages::DedupStage::Create(s.dedup, p->parsed_, p->deduped_, p->deduped_);
-  if (!dedup) return dedup.error();
-  p->pending_dedup_ = std::move(dedup).value();
-  p->dedup_ = p->pending_dedup_.get();
   auto quarantine = stages::QuarantineStore::Open((std::filesystem::path(s.data_dir) / "quarantine").string());
   if (!quarantine) return quarantine.error();
   p->quarantine_ = std::move(quarantine).value();
@@ -66,7 +58,8 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
   p->filter_ = p->pending_filter_.get();
 
   // Records after the dedup snapshot and up to the checkpoint are re-fed only to rebuild the set.
-  const std::uint64_t refeed_after = std::min(report.checkpoint_lsn, p->pending_dedup_->snapshot_lsn());
+  std::uint64_t refeed_after = report.checkpoint_lsn;
+  for (const stages::DedupStage* worker : p->dedup_) refeed_after = std::min(refeed_after, worker->snapshot_lsn());
   auto recovery =
       stages::WalRecoverySource::Open(s.wal.dir, refeed_after, report.next_lsn, p->pool_.get(), p->recovered_);
   if (!recovery) return recovery.error();
@@ -82,7 +75,8 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
       fmt::print(stderr, "mailrail: forward checkpoint: {}\n", status.error().message);
       return;
     }
-    std::uint64_t floor = std::min(lsn, self->dedup_->durable_snapshot_lsn());
+    std::uint64_t floor = lsn;
+    for (const stages::DedupStage* worker : self->dedup_) floor = std::min(floor, worker->durable_snapshot_lsn());
     if (self->retention_floor_) floor = std::min(floor, self->retention_floor_());
     self->writer_->set_forwarded_lsn(floor);
   };
@@ -108,6 +102,43 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
   return p;
 }
 
+base::Status Pipeline::OpenDedup(std::uint64_t checkpoint_lsn) {
+  // Dedup and filter route finished messages in line (done == out), keeping LSN order.
+  PipelineSettings& s = settings_;
+  const std::filesystem::path data(s.data_dir);
+  const std::size_t workers = s.dedup_threads;
+  if (workers < 1 || workers > s.dedup.set.shards) {
+    return base::MakeError("dedup.config", fmt::format("dedup.threads: must be between 1 and dedup.shards ({}), got {}",
+                                                       s.dedup.set.shards, workers));
+  }
+  const std::string snapshot_base =
+      s.dedup.snapshot_path.empty() ? (data / "dedup.snapshot").string() : s.dedup.snapshot_path;
+  if (s.dedup_duplicates_log) s.dedup.duplicates_log_path = (data / "duplicates.log").string();
+  s.dedup.forwarded_through_lsn = checkpoint_lsn;
+  const std::vector<std::string> load = stages::FindDedupSnapshotLayout(snapshot_base, workers);
+  for (std::size_t w = 0; w < workers; ++w) {
+    const std::string name = workers == 1 ? "dedup" : fmt::format("dedup-{}", w);
+    if (workers > 1) dedup_in_.push_back(topology_.MakeChannel<stages::Message*>("dedup-route->" + name, s.ring_capacity));
+    deduped_.push_back(topology_.MakeChannel<stages::Message*>(name + "->filter", s.ring_capacity));
+  }
+  if (workers > 1) pending_router_ = std::make_unique<stages::DedupRouter>(s.dedup.key, s.dedup.set.shards, parsed_, dedup_in_);
+  for (std::size_t w = 0; w < workers; ++w) {
+    stages::DedupStageConfig config = s.dedup;
+    config.set.owner = w;
+    config.set.owners = workers;
+    config.snapshot_path = stages::DedupSnapshotPath(snapshot_base, w, workers);
+    config.load_snapshots = load;
+    config.keyed_upstream = workers > 1;
+    config.routed_through_lsn = workers > 1 ? &pending_router_->routed_through_lsn() : nullptr;
+    auto dedup = stages::DedupStage::Create(std::move(config), workers > 1 ? dedup_in_[w] : parsed_, deduped_[w],
+                                            deduped_[w]);
+    if (!dedup) return dedup.error();
+    dedup_.push_back(dedup.value().get());
+    pending_dedup_.push_back(std::move(dedup).value());
+  }
+  return base::OkStatus();
+}
+
 std::size_t Pipeline::max_message_bytes() const { return static_cast<std::size_t>(writer_->max_message_bytes()); }
 
 void Pipeline::AddSource(std::unique_ptr<engine::Stage> source) {
@@ -122,8 +153,13 @@ base::Status Pipeline::Start() {
              {durable_});
   parse_ = static_cast<stages::ParseStage*>(
       t.AddStage(std::make_unique<stages::ParseStage>(durable_, parsed_), {durable_}, {parsed_}));
-  t.AddStage(std::move(pending_dedup_), {parsed_}, {deduped_});
-  t.AddStage(std::move(pending_filter_), {deduped_}, {filtered_});
+  if (pending_router_) {
+    t.AddStage(std::move(pending_router_), {parsed_}, {dedup_in_.begin(), dedup_in_.end()});
+  }
+  for (std::size_t w = 0; w < pending_dedup_.size(); ++w) {
+    t.AddStage(std::move(pending_dedup_[w]), {dedup_in_.empty() ? parsed_ : dedup_in_[w]}, {deduped_[w]});
+  }
+  t.AddStage(std::move(pending_filter_), {deduped_.begin(), deduped_.end()}, {filtered_});
   t.AddStage(std::move(pending_sink_), {filtered_}, {});
   return t.Start();
 }

@@ -5,7 +5,10 @@
 //   WAL recovery ─┘                      │         └─ forward checkpoint: "forwarded through LSN N"
 //                                        └─ quarantine store (<data_dir>/quarantine)
 //
-// wired into one engine::Topology. Every message travels the whole chain in LSN order: dedup and
+// wired into one engine::Topology. With [dedup] threads = N > 1, dedup is a DedupRouter and N
+// DedupStage workers, each holding the shards s % N == w and its own snapshot file, and the
+// filter merges their outputs back into order:  parse ─► dedup-route ═N═► dedup-w ═N═► filter.
+// Every message travels the whole chain in LSN order: dedup and
 // filter mark the messages whose journey ends with them (duplicate, dropped, quarantined) and pass
 // them on, so the terminal stage counts every outcome once and its checkpoint is simply the
 // highest LSN it has made durable.
@@ -25,11 +28,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/base/result.h"
 #include "engine/stats.h"
 #include "engine/topology.h"
 #include "net/http_forward_stage.h"
+#include "stages/dedup_router.h"
 #include "stages/dedup_stage.h"
 #include "stages/filter_stage.h"
 #include "stages/jsonl_sink.h"
@@ -58,6 +63,7 @@ struct PipelineSettings {
   // snapshot_path empty: <data_dir>/dedup.snapshot; forwarded_through_lsn is set by Open.
   stages::DedupStageConfig dedup;
   bool dedup_duplicates_log = false;  // <data_dir>/duplicates.log
+  std::size_t dedup_threads = 1;      // dedup workers (1..dedup.set.shards)
   // rules: a file or "builtin:default"; quarantine is opened by Open in <data_dir>/quarantine.
   stages::FilterStageConfig filter;
 };
@@ -98,13 +104,16 @@ class Pipeline {
   // The HTTP forward stage, or null when the terminal stage is a JSONL file.
   const net::HttpForwardStage* http_forward() const { return http_forward_; }
   const stages::ParseStage& parse() const { return *parse_; }
-  const stages::DedupStage& dedup() const { return *dedup_; }
+  // One per dedup thread, in worker order.
+  const std::vector<stages::DedupStage*>& dedup_workers() const { return dedup_; }
   stages::FilterStage& filter() { return *filter_; }
   const stages::QuarantineStore& quarantine() const { return *quarantine_; }
   const storage::WalWriter& wal() const { return *writer_; }
 
  private:
   explicit Pipeline(const PipelineSettings& settings);
+  // Creates the dedup stage(s) between parsed_ and deduped_ (Open's part for dedup).
+  base::Status OpenDedup(std::uint64_t checkpoint_lsn);
 
   PipelineSettings settings_;
   std::unique_ptr<stages::MessagePool> pool_;
@@ -114,14 +123,16 @@ class Pipeline {
   engine::Channel<stages::Message*>* recovered_ = nullptr;
   engine::Channel<stages::Message*>* durable_ = nullptr;
   engine::Channel<stages::Message*>* parsed_ = nullptr;
-  engine::Channel<stages::Message*>* deduped_ = nullptr;
+  std::vector<engine::Channel<stages::Message*>*> dedup_in_;  // router -> worker (several workers)
+  std::vector<engine::Channel<stages::Message*>*> deduped_;   // worker -> filter
   engine::Channel<stages::Message*>* filtered_ = nullptr;
   stages::WalRecoverySource* recovery_ = nullptr;
   stages::ParseStage* parse_ = nullptr;
   std::unique_ptr<stages::QuarantineStore> quarantine_;
-  std::unique_ptr<stages::DedupStage> pending_dedup_;  // added to the topology by Start
+  std::unique_ptr<stages::DedupRouter> pending_router_;  // added to the topology by Start
+  std::vector<std::unique_ptr<stages::DedupStage>> pending_dedup_;
   std::unique_ptr<stages::FilterStage> pending_filter_;
-  stages::DedupStage* dedup_ = nullptr;
+  std::vector<stages::DedupStage*> dedup_;
   stages::FilterStage* filter_ = nullptr;
   std::unique_ptr<stages::TerminalStage> pending_sink_;  // added to the topology by Start
   stages::TerminalStage* sink_ = nullptr;

@@ -19,6 +19,7 @@ import urllib.request
 
 BIN = sys.argv.pop(1)
 DOWNSTREAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "net", "downstream.py")
+STARTED = []  # every daemon a test started; tearDown kills those a failed test left running
 
 
 def message(i, subject=None):
@@ -28,13 +29,14 @@ def message(i, subject=None):
 
 
 class Daemon:
-    def __init__(self, tmp, extra=""):
+    def __init__(self, tmp, extra="", http=""):
         self.tmp = tmp
         self.config = os.path.join(tmp, "mailrail.toml")
         with open(self.config, "w") as f:
-            f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\n[stats]\nsocket = "{tmp}/stats.sock"\n'
+            f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\n{http}[stats]\nsocket = "{tmp}/stats.sock"\n'
                     f'[log]\nformat = "json"\n{extra}')
         self.proc = subprocess.Popen([BIN, "run", "--config", self.config], stderr=subprocess.PIPE, text=True)
+        STARTED.append(self.proc)
         self.log = []
         started = self.wait_for("started")
         self.port = int(re.search(r":(\d+)$", started["http"]).group(1)) if "http" in started else None
@@ -82,6 +84,9 @@ class Daemon:
                 return got
         return self.outcomes()
 
+    def stats(self):
+        return json.loads(read_stats(os.path.join(self.tmp, "stats.sock")))
+
     def ingest(self, raw):
         status, body = self.request("POST", "/ingest", raw, {"Content-Type": "message/rfc822"})
         assert status == 202, (status, body)
@@ -90,6 +95,23 @@ class Daemon:
         self.proc.send_signal(signal.SIGTERM)
         rest, _ = self.proc.communicate(timeout=30)
         return self.proc.returncode
+
+
+def graph_batch(ids):
+    """One application/json ingest body: an array of Graph messages, one per id."""
+    return json.dumps([{"id": f"g{i}", "internetMessageId": f"<graph-{i}@example.com>", "subject": f"graph {i}",
+                        "from": {"emailAddress": {"name": "n", "address": f"s{i}@example.com"}},
+                        "body": {"contentType": "text", "content": f"body {i}"}} for i in ids]).encode()
+
+
+def samples(stats, name, **labels):
+    """Values of the samples of `name` whose labels include `labels` (JSON stats)."""
+    entry = stats.get(name)
+    if entry is None:
+        return []
+    if not isinstance(entry, list):
+        return [entry] if not labels else []
+    return [x["value"] for x in entry if all(x.get(k) == v for k, v in labels.items())]
 
 
 def read_stats(path, fmt="json"):
@@ -112,6 +134,13 @@ class DaemonTest(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="mailrail-daemon-")
 
     def tearDown(self):
+        while STARTED:
+            proc = STARTED.pop()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            if proc.stderr:
+                proc.stderr.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def test_ingest_then_sigterm_drains_everything_accepted(self):
@@ -287,14 +316,154 @@ class DaemonTest(unittest.TestCase):
         self.assertTrue(json.loads(listed.stdout.splitlines()[0])["redriven"])
         self.assertEqual(d.stop(), 0)
 
+    def test_stats_socket_reports_dedup_and_filter_counters(self):
+        rules = os.path.join(self.tmp, "rules.toml")
+        with open(rules, "w") as f:
+            f.write('[[rule]]\nid = "t.alpha"\nkind = "subject"\nkeywords = ["alpha"]\naction = "drop"\n')
+        # One shard of 4 keys: the window is exact and FIFO, so expiry by count is predictable.
+        extra = '[filter]\nrules = "rules.toml"\n[dedup]\nshards = 1\ncapacity = 4\nsnapshot_interval_s = 0\n'
+        d = Daemon(self.tmp, extra)
+        for i in range(5):
+            d.ingest(message(i))
+        d.ingest(message(4))  # still in the window: a duplicate
+        d.ingest(message(9, "alpha nine"))
+        got = d.wait_outcomes({"forwarded": 5, "duplicate": 1, "dropped_by_rule": 1})
+        self.assertEqual((got["forwarded"], got["duplicate"], got["dropped_by_rule"]), (5, 1, 1))
+        st = d.stats()
+        self.assertEqual(samples(st, "dedup_keys_held", worker="0"), [4])
+        self.assertEqual(samples(st, "dedup_capacity", worker="0"), [4])
+        self.assertEqual(samples(st, "dedup_duplicates", worker="0"), [1])
+        self.assertEqual(samples(st, "dedup_expired", worker="0", reason="count"), [2])  # 6 keys, room for 4
+        self.assertEqual(samples(st, "dedup_expired", worker="0", reason="age"), [0])
+        self.assertEqual(samples(st, "dedup_keys_computed", kind="message_id"), [7])
+        [bytes_per_key] = samples(st, "dedup_bytes_per_key", worker="0")
+        self.assertGreater(bytes_per_key, 12)  # tiny set: fixed overhead shows; 19.1 B/key at scale
+        self.assertEqual(samples(st, "dedup_snapshot_lsn", worker="0"), [0])
+        self.assertEqual(samples(st, "dedup_snapshot_age_seconds"), [])  # none written yet
+        self.assertEqual(samples(st, "stage_messages_in", stage="dedup"), [7])
+        self.assertEqual(samples(st, "stage_messages_in", stage="filter"), [6])
+        self.assertEqual(samples(st, "filter_decisions", action="accept"), [5])
+        self.assertEqual(samples(st, "filter_decisions", action="drop"), [1])
+        self.assertEqual(samples(st, "filter_decisions", action="quarantine"), [0])
+        self.assertEqual(samples(st, "filter_rule_fired", rule="t.alpha"), [1])
+        self.assertEqual(samples(st, "filter_rule_decisions", rule="t.alpha", action="drop"), [1])
+        self.assertEqual(samples(st, "filter_rule_set_version"), [1])
+        self.assertEqual(samples(st, "filter_rules"), [1])
+        self.assertEqual(samples(st, "filter_reloads", result="ok"), [0])
+        prom = read_stats(os.path.join(self.tmp, "stats.sock"), "prometheus")
+        self.assertIn('mailrail_filter_rule_decisions{rule="t.alpha",action="drop"} 1', prom)
+        self.assertIn('mailrail_dedup_keys_held{worker="0"} 4', prom)
+        self.assertEqual(d.stop(), 0)
+        # The clean shutdown wrote the snapshot; the next start loads it and says how old it is.
+        d = Daemon(self.tmp, extra)
+        st = d.stats()
+        self.assertEqual(samples(st, "dedup_snapshot_lsn", worker="0"), [7])
+        [age] = samples(st, "dedup_snapshot_age_seconds", worker="0")
+        self.assertGreaterEqual(age, 0)
+        self.assertLess(age, 600)
+        self.assertEqual(samples(st, "dedup_keys_held", worker="0"), [4])
+        self.assertEqual(d.stop(), 0)
+
+    def test_control_api_reloads_rules_and_answers_with_the_outcome(self):
+        rules = os.path.join(self.tmp, "rules.toml")
+
+        def write_rules(word, action="drop"):
+            with open(rules, "w") as f:
+                f.write(f'[[rule]]\nid = "t.{word}"\nkind = "subject"\nkeywords = ["{word}"]\naction = "{action}"\n')
+
+        write_rules("alpha")
+        d = Daemon(self.tmp, '[filter]\nrules = "rules.toml"\n', http='bearer_token = "tok"\n')
+        auth = {"Authorization": "Bearer tok"}
+        status, _ = d.request("POST", "/rules/reload")
+        self.assertEqual(status, 401)
+        write_rules("beta", action="dropp")
+        status, body = d.request("POST", "/rules/reload", b"", auth)
+        self.assertEqual(status, 422, body)
+        answer = json.loads(body)
+        self.assertEqual(answer["status"], "rejected")
+        self.assertIn("rules.toml:5: rule 't.beta': unknown action 'dropp'", answer["error"])
+        self.assertEqual(answer["version"], 1)  # the old rules stay in force
+        self.assertEqual(d.wait_for("reload")["source"], "api")
+        st = d.stats()
+        self.assertEqual(samples(st, "filter_reloads", result="rejected"), [1])
+        [error] = [x["error"] for x in st["filter_last_reload_error"]]
+        self.assertIn("unknown action 'dropp'", error)
+        d.ingest(message(1, "alpha one"))
+        self.assertEqual(d.wait_outcomes({"dropped_by_rule": 1})["dropped_by_rule"], 1)
+        write_rules("beta")
+        status, body = d.request("POST", "/rules/reload", b"", auth)
+        self.assertEqual(status, 200, body)
+        answer = json.loads(body)
+        self.assertEqual((answer["status"], answer["version"], answer["rules"]), ("reloaded", 2, 1))
+        # In force for everything ingested after the answer: no waiting for the swap.
+        d.ingest(message(2, "beta two"))
+        d.ingest(message(3, "alpha three"))
+        got = d.wait_outcomes({"dropped_by_rule": 2, "forwarded": 1})
+        self.assertEqual((got["dropped_by_rule"], got["forwarded"]), (2, 1))
+        st = d.stats()
+        self.assertEqual(samples(st, "filter_rule_set_version"), [2])
+        self.assertEqual(samples(st, "filter_reloads", result="ok"), [1])
+        self.assertNotIn("filter_last_reload_error", st)
+        self.assertEqual(samples(st, "filter_rule_decisions", rule="t.beta", action="drop"), [1])
+        self.assertEqual(samples(st, "filter_rule_decisions", rule="t.alpha", action="drop"), [1])
+        self.assertEqual(d.stop(), 0)
+
+    def test_dedup_threads_catch_duplicates_across_workers_keep_order_and_survive_restarts(self):
+        n = 300
+        with open(os.path.join(self.tmp, "rules.toml"), "w") as f:  # accept everything: only dedup decides
+            f.write('[[rule]]\nid = "t.never"\nkind = "subject"\nkeywords = ["no such subject"]\naction = "drop"\n')
+        config = '[filter]\nrules = "rules.toml"\n[dedup]\nshards = 8\nthreads = 3\n'
+        d = Daemon(self.tmp, config)
+        status, body = d.request("POST", "/ingest", graph_batch(range(n)), {"Content-Type": "application/json"})
+        self.assertEqual(status, 202, body)
+        status, body = d.request("POST", "/ingest", graph_batch(reversed(range(n))), {"Content-Type": "application/json"})
+        self.assertEqual(status, 202, body)
+        got = d.wait_outcomes({"forwarded": n, "duplicate": n})
+        self.assertEqual((got["forwarded"], got["duplicate"]), (n, n))
+        st = d.stats()
+        routed = [samples(st, "dedup_routed", worker=str(w)) for w in range(3)]
+        self.assertTrue(all(r and r[0] > 0 for r in routed), routed)  # every worker had a share
+        self.assertEqual(sum(r[0] for r in routed), 2 * n)
+        self.assertEqual(sum(samples(st, "dedup_duplicates")), n)
+        self.assertEqual(sum(samples(st, "dedup_keys_held")), n)
+        self.assertEqual(samples(st, "dedup_keys_computed", kind="message_id"), [2 * n])
+        deadline = time.monotonic() + 10  # the sink's fdatasync + checkpoint (every 100 ms)
+        while time.monotonic() < deadline and d.durable_lsn() < 2 * n:
+            pass
+        self.assertEqual(d.durable_lsn(), 2 * n)
+        d.proc.kill()  # no snapshot yet: the three workers rebuild from the WAL
+        d.proc.wait(timeout=10)
+        d.proc.stderr.close()
+        d = Daemon(self.tmp, config)
+        status, _ = d.request("POST", "/ingest", graph_batch([5, n + 1]), {"Content-Type": "application/json"})
+        self.assertEqual(status, 202)
+        got = d.wait_outcomes({"forwarded": 1, "duplicate": 1})
+        self.assertEqual((got["forwarded"], got["duplicate"]), (1, 1))
+        self.assertEqual(d.stop(), 0)  # writes dedup.snapshot.{0,1,2}-of-3
+        data = os.path.join(self.tmp, "data")
+        self.assertTrue(all(os.path.exists(os.path.join(data, f"dedup.snapshot.{w}-of-3")) for w in range(3)))
+        # Another thread count loads the three files, each worker keeping its shards.
+        d = Daemon(self.tmp, config.replace("threads = 3", "threads = 2"))
+        status, _ = d.request("POST", "/ingest", graph_batch([7, n + 1, n + 2]), {"Content-Type": "application/json"})
+        self.assertEqual(status, 202)
+        got = d.wait_outcomes({"forwarded": 1, "duplicate": 2})
+        self.assertEqual((got["forwarded"], got["duplicate"]), (1, 2))
+        self.assertEqual(sum(samples(d.stats(), "dedup_snapshot_lsn")), 2 * (2 * n + 2))
+        self.assertEqual(d.stop(), 0)
+        with open(os.path.join(data, "records.jsonl")) as f:
+            lsns = [json.loads(line)["lsn"] for line in f]
+        self.assertEqual(len(lsns), n + 2)
+        self.assertEqual(lsns, sorted(lsns))  # the merge after the workers kept LSN order
+
     def test_bad_config_names_file_line_and_key(self):
         bad = os.path.join(self.tmp, "bad.toml")
         with open(bad, "w") as f:
-            f.write('data_dir = "x"\n[limits]\nin_flight_mib = 0\nbogus = 1\n')
+            f.write('data_dir = "x"\n[limits]\nin_flight_mib = 0\nbogus = 1\n[dedup]\nshards = 2\nthreads = 4\n')
         out = subprocess.run([BIN, "run", "--config", bad], capture_output=True, text=True, timeout=10)
         self.assertEqual(out.returncode, 2)
         self.assertIn(f"{bad}:3: limits.in_flight_mib: must be between", out.stderr)
         self.assertIn(f"{bad}:4: limits.bogus: unknown key", out.stderr)
+        self.assertIn(f"{bad}:7: dedup.threads: must not exceed dedup.shards (2)", out.stderr)
 
     def test_top_shows_stage_rows_in_tmux(self):
         if shutil.which("tmux") is None:

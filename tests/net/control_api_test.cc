@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "tests/net/test_util.h"
 
 namespace mailrail::net {
@@ -26,6 +28,11 @@ class RecordingService final : public ControlService {
   }
   ControlReply SessionStatus() override { return {200, "{\"state\":\"running\",\"total\":10,\"percent\":50.0}"}; }
   ControlReply TriggerPolling() override { return {409, "{\"detail\":\"no session\"}"}; }
+  void ReloadRules(std::function<void(ControlReply)> reply) override {
+    ++reloads;
+    // Answered from another thread, as the daemon's reloader does.
+    std::thread([reply = std::move(reply), answer = reload_answer] { reply(answer); }).join();
+  }
   HealthReport Health() override { return health; }
   std::string Metrics() override { return "# TYPE mailrail_messages_total counter\nmailrail_messages_total 7\n"; }
 
@@ -33,6 +40,8 @@ class RecordingService final : public ControlService {
   int starts = 0;
   std::string last_reason;
   HealthReport health;
+  int reloads = 0;
+  ControlReply reload_answer{200, R"({"status":"reloaded","version":2,"rules":3,"thresholds":0})"};
 };
 
 std::string Request(std::string_view method, std::string_view path, std::string_view body = {},
@@ -103,6 +112,18 @@ TEST_F(ControlApiTest, StopStatusTriggerAndHealth) {
   EXPECT_NE(unhealthy.find(R"("reasons":["WAL not writable","downstream circuit open"])"), std::string::npos);
 }
 
+TEST_F(ControlApiTest, RulesReloadAnswersWithTheOutcomeFromAnotherThread) {
+  const std::string ok = Exchange(harness_.port(), Request("POST", "/rules/reload"));
+  EXPECT_EQ(FirstStatus(ok), 200) << ok;
+  EXPECT_NE(ok.find(R"("version":2,"rules":3)"), std::string::npos) << ok;
+  service_.reload_answer = {422, R"({"status":"rejected","error":"rules.toml:5: rule 'x': unknown action","version":2})"};
+  const std::string rejected = Exchange(harness_.port(), Request("POST", "/rules/reload"));
+  EXPECT_EQ(FirstStatus(rejected), 422) << rejected;
+  EXPECT_NE(rejected.find("rules.toml:5: rule 'x'"), std::string::npos) << rejected;
+  EXPECT_EQ(service_.reloads, 2);
+  EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("GET", "/rules/reload"))), 405);
+}
+
 TEST_F(ControlApiTest, MetricsAreValidPrometheusTextWithNetCounters) {
   Exchange(harness_.port(), Request("GET", "/nope"));
   const testing::CommandResult curl = RunCommand("curl -sS --http1.1 '" + harness_.url("/metrics") + "'");
@@ -138,6 +159,11 @@ TEST_F(ControlApiAuthTest, BearerTokenIsRequiredOnControlRoutes) {
   EXPECT_EQ(service_.starts, 0);
   EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("POST", "/session/start", "{}", "s3cret"))), 200);
   EXPECT_EQ(service_.starts, 1);
+  EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("POST", "/rules/reload"))), 401);
+  EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("POST", "/rules/reload", "", "wrong!"))), 401);
+  EXPECT_EQ(service_.reloads, 0);
+  EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("POST", "/rules/reload", "", "s3cret"))), 200);
+  EXPECT_EQ(service_.reloads, 1);
   // Health stays open for load balancers.
   EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("GET", "/health"))), 200);
 }
