@@ -27,6 +27,7 @@
 #include "net/control_api.h"
 #include "net/event_loop.h"
 #include "net/http_server.h"
+#include "net/imap_source.h"
 #include "net/ingest_handler.h"
 #include "stages/record_json.h"
 #include "tools/config.h"
@@ -213,6 +214,37 @@ int RunDaemon(const std::string& config_path) {
     s.Counter("graph_notifications", static_cast<double>(st.graph_notifications.value()));
     s.Counter("graph_client_state_mismatches", static_cast<double>(st.graph_client_state_mismatches.value()));
   });
+  // IMAP mailboxes run on the same loop thread as the webhook: that thread is the one producer of
+  // the SPSC ingest channel.
+  std::unique_ptr<net::ImapSource> imap;
+  if (!config.imap.mailboxes.empty()) {
+    net::ImapSourceConfig imap_config = config.imap;
+    imap_config.max_message_bytes = pipeline.max_message_bytes();
+    auto created = net::ImapSource::Create(loop->get(), &pipeline.pool(), pipeline.ingest(), std::move(imap_config),
+                                           [&config](std::string_view event, const net::ImapLogFields& fields) {
+                                             Log(config, event, fields);
+                                           });
+    if (!created) {
+      fmt::print(stderr, "mailrail run: {}\n", created.error().message);
+      return 1;
+    }
+    imap = std::move(created).value();
+    registry.Add([source = imap.get()](engine::Snapshot& s) {
+      const net::ImapStats& st = source->stats();
+      auto v = [](const net::Counter& c) { return static_cast<double>(c.value()); };
+      s.Counter("stage_messages_out", v(st.messages), {{"stage", "ingest"}, {"source", "imap"}});
+      s.Counter("imap_connects", v(st.connects), {}, "IMAP connections opened");
+      s.Counter("imap_disconnects", v(st.disconnects), {}, "IMAP connections lost to errors and timeouts");
+      s.Counter("imap_fetch_commands", v(st.fetch_commands), {}, "UID FETCH commands sent");
+      s.Counter("imap_messages", v(st.messages), {}, "messages fetched and pushed to the pipeline");
+      s.Counter("imap_bytes", v(st.bytes), {}, "bytes of messages fetched");
+      s.Counter("imap_durable", v(st.durable), {}, "fetched messages the WAL reported durable");
+      s.Counter("imap_rejected_too_large", v(st.rejected_too_large), {}, "messages over limits.max_message_mib");
+      s.Counter("imap_uidvalidity_resets", v(st.uidvalidity_resets), {}, "folders resynchronised after a UIDVALIDITY change");
+      s.Counter("imap_idle_wakeups", v(st.idle_wakeups), {}, "IDLE ended by new mail");
+      s.Counter("imap_checkpoint_writes", v(st.checkpoint_writes), {}, "durable writes of imap.checkpoint");
+    });
+  }
   Daemon daemon(&pipeline, &registry, &ingest);
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
@@ -230,6 +262,7 @@ int RunDaemon(const std::string& config_path) {
   // requests must not take the message pool from the recovery).
   while (!pipeline.recovery_finished()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   (*server)->Start();
+  if (imap != nullptr) (*loop)->Post([&] { imap->Start(); });
   std::thread net_thread([&] { (*loop)->Run(); });
 
   const auto& report = pipeline.wal_open_report();
@@ -273,11 +306,17 @@ int RunDaemon(const std::string& config_path) {
           {{"signal", std::to_string(sig)}, {"deadline_ms", std::to_string(config.drain_deadline.count())}});
       drain_deadline = std::chrono::steady_clock::now() + config.drain_deadline;
       drain_thread = std::thread([&] {
-        // Stop accepting; wait (on the loop) until every request whose messages are in the WAL has
-        // had its 202; then end the ingest stream: the pipeline drains every accepted message
-        // into the sink and its threads exit.
+        // Stop accepting and fetching; wait (on the loop) until every request whose messages are
+        // in the WAL has had its 202 and every fetched IMAP message is durable (then checkpoint);
+        // then end the ingest stream: the pipeline drains every accepted message into the sink
+        // and its threads exit.
         std::function<void()> stop_when_answered = [&] {
-          if (ingest.pending_requests() == 0) {
+          if (ingest.pending_requests() == 0 && (imap == nullptr || imap->in_flight() == 0)) {
+            if (imap != nullptr) {
+              if (auto status = imap->WriteCheckpoint(); !status) {
+                Log(config, "imap_checkpoint_failed", {{"error", status.error().message}});
+              }
+            }
             (*loop)->Stop();
           } else {
             (*loop)->RunAfter(std::chrono::milliseconds(5), stop_when_answered);
@@ -285,6 +324,7 @@ int RunDaemon(const std::string& config_path) {
         };
         (*loop)->Post([&] {
           (*server)->Shutdown();
+          if (imap != nullptr) imap->Shutdown();
           stop_when_answered();
         });
         net_thread.join();
