@@ -9,7 +9,6 @@ Dovecot and the daemon are stopped by PID. Every wait polls for an event with a 
 
     imap_dovecot_test.py MAILRAIL_BIN
 """
-import imaplib
 import json
 import os
 import queue
@@ -23,132 +22,15 @@ import threading
 import time
 import unittest
 
+from dovecot import PASSWORD, Dovecot, wait_until  # PASSWORD must never show up in the daemon's output
+
 BIN = sys.argv.pop(1)
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
-PASSWORD = "s3cret-Pa55"  # must never show up in the daemon's output
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval of a bounded wait, not a synchronisation
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def message(tag, i):
     return (f"From: Sender {i} <s{i}@example.com>\r\nTo: ops@corp.example\r\nSubject: {tag} {i}\r\n"
             f"Date: Mon, 4 May 2026 10:00:00 +0000\r\nMessage-ID: <{tag}-{i}@imap.test>\r\n\r\n"
             f"body of {tag} {i}\r\n" + "x" * (i * 37 % 900) + "\r\n").encode()
-
-
-class Dovecot:
-    def __init__(self, tmp, users, tls=False):
-        self.dir = os.path.join(tmp, "dovecot")
-        for d in ("run", "state", "mail", "home"):
-            os.makedirs(os.path.join(self.dir, d), exist_ok=True)
-        os.chmod(tmp, 0o755)
-        os.chmod(self.dir, 0o755)
-        for d in ("mail", "home"):  # the mail processes run as nobody
-            os.chmod(os.path.join(self.dir, d), 0o777)
-        with open(os.path.join(self.dir, "passwd"), "w") as f:
-            for user in users:
-                f.write(f"{user}:{{PLAIN}}{PASSWORD}\n")
-        self.port = free_port()
-        self.tls_port = free_port() if tls else 0
-        ssl = "no"
-        if tls:
-            self.cert = os.path.join(self.dir, "cert.pem")
-            key = os.path.join(self.dir, "key.pem")
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                            "-keyout", key, "-out", self.cert], check=True, capture_output=True)
-            ssl = f"yes\nssl_cert = <{self.cert}\nssl_key = <{key}"
-        self.conf = os.path.join(self.dir, "dovecot.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"""protocols = imap
-listen = 127.0.0.1
-base_dir = {self.dir}/run
-state_dir = {self.dir}/state
-log_path = {self.dir}/dovecot.log
-ssl = {ssl}
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:{self.dir}/mail/%u
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {self.dir}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={self.dir}/home/%u
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {self.tls_port}
-  }}
-}}
-""")
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_until(self._accepts, 20, f"dovecot on port {self.port}")
-
-    def _accepts(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"dovecot exited with {self.proc.returncode}: {self.log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                return s.recv(100).startswith(b"* OK")
-        except OSError:
-            return False
-
-    def stop(self):
-        """SIGTERM to the master by PID: it ends its login and mail processes, closing sessions."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=20)
-        wait_until(lambda: not self._port_open(), 20, "dovecot's port to close")
-
-    def _port_open(self):
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def log(self):
-        try:
-            with open(os.path.join(self.dir, "dovecot.log")) as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
-
-    def append(self, user, folder, messages, date=None):
-        m = imaplib.IMAP4("127.0.0.1", self.port)
-        m.login(user, PASSWORD)
-        if folder != "INBOX":
-            m.create(folder)  # NO when it exists already: fine
-        for raw in messages:
-            typ, data = m.append(folder, None, date, raw)
-            assert typ == "OK", data
-        m.logout()
 
 
 class Daemon:
@@ -376,6 +258,10 @@ class ImapDovecotTest(unittest.TestCase):
         self.assert_once(d.wait_ids(ids("bob-late", 1)), ids("bob-late", 1))
         self.assertEqual(d.stats()["imap_disconnects"], 0)
         self.assertEqual(d.stop(), 0)
+        # The daemon's sessions were encrypted (implicit TLS and STARTTLS; the test's own APPENDs are not).
+        log = dv.log(full=True)
+        self.assertRegex(log, r"Login: user=<alice>, method=PLAIN, .*TLS")
+        self.assertRegex(log, r"Login: user=<bob>, method=PLAIN, .*TLS")
 
     def test_wrong_password_is_retried_and_reported_without_secret(self):
         dv = self.dovecot = Dovecot(self.tmp, ["alice"])
