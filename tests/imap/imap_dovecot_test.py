@@ -247,7 +247,10 @@ class ImapDovecotTest(unittest.TestCase):
             # Three folders through one connection at a time: they take turns, polling with NOOP.
             {"name": "bob", "host": "127.0.0.1", "port": dv.port, "tls": "starttls", "verify_peer": False,
              "user": "bob", "password_file": self.write_secret(), "folders": ["INBOX", "Work", "Lists"],
-             "idle": False}],
+             "idle": False},
+            # The same server without its CA: the certificate must be refused.
+            {"name": "untrusted", "host": "127.0.0.1", "port": dv.tls_port, "tls": "implicit",
+             "user": "alice", "password": PASSWORD}],
             imap_extra="max_connections_per_server = 1\npoll_interval_ms = 100")
         expected = ids("alice", 10)
         for folder in ("INBOX", "Work", "Lists"):
@@ -256,8 +259,13 @@ class ImapDovecotTest(unittest.TestCase):
         # New mail in a folder that had to give up its connection still arrives.
         dv.append("bob", "Work", [message("bob-late", 0)])
         self.assert_once(d.wait_ids(ids("bob-late", 1)), ids("bob-late", 1))
-        self.assertEqual(d.stats()["imap_disconnects"], 0)
+        refused = d.wait_for("imap_disconnected", mailbox="untrusted")
+        self.assertEqual(refused["code"], "tls")
+        self.assertIn("certificate verify failed", refused["error"])
         self.assertEqual(d.stop(), 0)
+        for line in d.log:
+            if '"imap_disconnected"' in line:
+                self.assertIn('"untrusted"', line, "a trusted mailbox lost its connection")
         # The daemon's sessions were encrypted (implicit TLS and STARTTLS; the test's own APPENDs are not).
         log = dv.log(full=True)
         self.assertRegex(log, r"Login: user=<alice>, method=PLAIN, .*TLS")
