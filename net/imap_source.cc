@@ -45,6 +45,10 @@ struct ImapSource::Folder final : ImapConnection::Listener {
 
   ImapConnection* conn = nullptr;
   bool has_slot = false;
+  bool queued = false;  // in server->waiting
+  std::uint64_t poll_seq = 0;  // the NOOP timer that is current; older ones do nothing
+  bool caught_up_logged = false;  // since connecting
+  std::uint64_t caught_up_logged_at = 0;  // session_fetched when last logged
   Phase phase = Phase::kOff;
   std::uint64_t generation = 0;  // bumped on every connection change; stale timers check it
   std::chrono::milliseconds backoff{0};
@@ -281,12 +285,13 @@ std::size_t ImapSource::in_flight() const {
 }
 
 void ImapSource::RequestSlot(Folder* f) {
-  if (shut_down_ || f->has_slot) return;
+  if (shut_down_ || f->has_slot || f->queued) return;
   if (f->server->active < config_.max_connections_per_server) {
     ++f->server->active;
     f->has_slot = true;
     Connect(f);
   } else {
+    f->queued = true;
     f->server->waiting.push_back(f);
   }
 }
@@ -299,6 +304,7 @@ void ImapSource::ReleaseSlot(Folder* f) {
   while (!shut_down_ && !server.waiting.empty() && server.active < config_.max_connections_per_server) {
     Folder* next = server.waiting.front();
     server.waiting.pop_front();
+    next->queued = false;
     ++server.active;
     next->has_slot = true;
     Connect(next);
@@ -310,6 +316,7 @@ void ImapSource::Connect(Folder* f) {
   f->phase = Phase::kConnecting;
   f->has_idle = false;
   f->session_fetched = 0;
+  f->caught_up_logged = false;
   stats_.connects.Add();
   ImapConnection::Options options;
   options.tls = f->mailbox->tls;
@@ -465,11 +472,15 @@ void ImapSource::FetchMore(Folder* f) {
 }
 
 void ImapSource::CaughtUp(Folder* f) {
-  ImapLogFields fields = f->Fields();
-  fields.emplace_back("fetched", std::to_string(f->session_fetched));
-  fields.emplace_back("uidvalidity", std::to_string(f->validity));
-  fields.emplace_back("uid", std::to_string(f->fetched_uid));
-  log_("imap_caught_up", fields);
+  if (!f->caught_up_logged || f->session_fetched != f->caught_up_logged_at) {  // not once per poll
+    f->caught_up_logged = true;
+    f->caught_up_logged_at = f->session_fetched;
+    ImapLogFields fields = f->Fields();
+    fields.emplace_back("fetched", std::to_string(f->session_fetched));
+    fields.emplace_back("uidvalidity", std::to_string(f->validity));
+    fields.emplace_back("uid", std::to_string(f->fetched_uid));
+    log_("imap_caught_up", fields);
+  }
   if (f->exists_changed) {  // mail arrived while fetching
     Search(f);
     return;
@@ -496,13 +507,40 @@ void ImapSource::CaughtUp(Folder* f) {
   }
   f->phase = Phase::kPolling;
   std::weak_ptr<bool> alive = alive_;
-  const std::uint64_t generation = f->generation;
-  loop_->RunAfter(config_.poll_interval, [this, alive, f, generation] {
-    if (alive.expired() || f->generation != generation || f->conn == nullptr) return;
-    f->conn->Command("NOOP", [this, f](ImapResponse& done) {
-      if (CheckOk(f, done, "NOOP")) Search(f);
-    });
+  const std::uint64_t seq = ++f->poll_seq;
+  loop_->RunAfter(config_.poll_interval, [this, alive, f, seq] {
+    if (alive.expired() || f->poll_seq != seq || f->phase != Phase::kPolling || f->conn == nullptr) return;
+    Poll(f);
   });
+}
+
+void ImapSource::Poll(Folder* f) {
+  f->phase = Phase::kSearch;  // the NOOP's answer leads to the search
+  f->conn->Command("NOOP", [this, f](ImapResponse& done) {
+    if (CheckOk(f, done, "NOOP")) Search(f);
+  });
+}
+
+std::size_t ImapSource::PollNow() {
+  std::size_t nudged = 0;
+  for (auto& fp : folders_) {
+    Folder* f = fp.get();
+    if (shut_down_) break;
+    if (f->conn == nullptr) {
+      if (!f->has_slot && !f->queued) {
+        RequestSlot(f);  // taking turns or backing off: come now
+        ++nudged;
+      }
+    } else if (f->phase == Phase::kPolling) {
+      Poll(f);
+      ++nudged;
+    } else if (f->phase == Phase::kIdle && f->idle_entered && !f->idle_done_sent) {
+      f->idle_done_sent = true;
+      f->conn->SendLine("DONE");  // IDLE's completion starts a search
+      ++nudged;
+    }
+  }
+  return nudged;
 }
 
 void ImapSource::PushReady() {

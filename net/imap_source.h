@@ -118,6 +118,9 @@ class ImapSource final : public stages::DurableAckSink {
   base::Status WriteCheckpoint();
   // Messages pushed (or held for the push) and not yet reported durable. Loop thread.
   std::size_t in_flight() const;
+  // Loop thread: every folder that is idling, polling or waiting for its turn searches for new
+  // mail now (POST /polling/trigger). Returns how many folders were nudged.
+  std::size_t PollNow();
 
   void OnDurable(std::span<const stages::DurableAck> acks) override;
   const ImapStats& stats() const { return stats_; }
@@ -145,6 +148,7 @@ class ImapSource final : public stages::DurableAckSink {
   void Search(Folder* f);
   void FetchMore(Folder* f);
   void CaughtUp(Folder* f);
+  void Poll(Folder* f);  // NOOP, then search
   void StartIdle(Folder* f);
   void PushReady();
   void PushHeld();

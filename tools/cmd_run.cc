@@ -41,8 +41,10 @@ namespace {
 // counters (relaxed atomics) and the session state (under mutex_), and never block.
 class Daemon final : public net::ControlService {
  public:
-  Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest)
-      : pipeline_(pipeline), registry_(registry), ingest_(ingest), started_(std::chrono::steady_clock::now()) {}
+  Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest,
+         net::ImapSource* imap)
+      : pipeline_(pipeline), registry_(registry), ingest_(ingest), imap_(imap),
+        started_(std::chrono::steady_clock::now()) {}
 
   net::ControlReply StartSession(const net::SessionStartRequest& request) override {
     std::lock_guard lock(mutex_);
@@ -88,7 +90,10 @@ class Daemon final : public net::ControlService {
   }
 
   net::ControlReply TriggerPolling() override {
-    return {202, R"({"status":"accepted","detail":"no mailbox pollers are configured; nothing to poll"})"};
+    if (imap_ == nullptr) {
+      return {202, R"({"status":"accepted","detail":"no mailbox pollers are configured; nothing to poll"})"};
+    }
+    return {202, fmt::format(R"({{"status":"accepted","detail":"imap folders nudged","folders":{}}})", imap_->PollNow())};
   }
 
   net::HealthReport Health() override {
@@ -108,6 +113,7 @@ class Daemon final : public net::ControlService {
   Pipeline* pipeline_;
   const engine::StatsRegistry* registry_;
   const net::IngestHandler* ingest_;
+  net::ImapSource* imap_;  // null without [[imap.mailbox]]; used on the loop thread only
   const std::chrono::steady_clock::time_point started_;
   std::mutex mutex_;
   bool session_active_ = true;  // the daemon ingests from the start; /session/stop pauses nothing yet
@@ -245,7 +251,7 @@ int RunDaemon(const std::string& config_path) {
       s.Counter("imap_checkpoint_writes", v(st.checkpoint_writes), {}, "durable writes of imap.checkpoint");
     });
   }
-  Daemon daemon(&pipeline, &registry, &ingest);
+  Daemon daemon(&pipeline, &registry, &ingest, imap.get());
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
 
