@@ -93,6 +93,7 @@ void ImapConnection::ArmRecv() {
 
 void ImapConnection::OnRecv(int res) {
   if (closing_) return;
+  if (!deferred_error_.empty()) return Fail("tls", deferred_error_);
   if (res <= 0) {
     return Fail("closed", res == 0 ? "server closed the connection" : std::string("recv: ") + std::strerror(-res));
   }
@@ -186,7 +187,13 @@ void ImapConnection::SendLine(std::string_view line) {
 
 void ImapConnection::QueueOutput(std::string_view plaintext) {
   if (tls_ != nullptr) {
-    if (auto status = tls_->Send(plaintext); !status) return Fail("tls", status.error().message);
+    if (auto status = tls_->Send(plaintext); !status) {
+      // Not reported from inside Command(): its caller still holds the connection. The shutdown
+      // ends the armed receive, whose completion reports the error.
+      if (deferred_error_.empty()) deferred_error_ = status.error().message;
+      ::shutdown(fd_, SHUT_RDWR);
+      return;
+    }
     tls_->TakeOutput(out_);
   } else {
     out_.append(plaintext);

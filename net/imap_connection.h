@@ -97,6 +97,7 @@ class ImapConnection final : public CompletionHandler {
   Clock::time_point last_activity_;
 
   std::unique_ptr<TlsSession> tls_;
+  std::string deferred_error_;  // a TLS error met while sending, reported by the next receive
   ImapResponseParser parser_;
   std::string plaintext_;  // scratch: decrypted bytes of one receive
   std::string out_, sending_;

@@ -294,6 +294,49 @@ class ImapDovecotTest(unittest.TestCase):
         self.assertNotIn(PASSWORD + "-wrong", "".join(d.log))
         self.assertEqual(d.stop(), 0)
 
+    def test_silent_and_garbling_servers_are_dropped_and_retried(self):
+        """Fault injection without Dovecot: a server that greets and then never answers (command
+        timeout), and one that answers LOGIN with bytes that are not IMAP (protocol error)."""
+        def serve(listener, reply):
+            listener.settimeout(30)
+            conns = []
+            try:
+                while True:
+                    conn, _ = listener.accept()
+                    conns.append(conn)
+                    conn.sendall(b"* OK fake server ready\r\n")
+                    if reply:
+                        conn.recv(4096)
+                        conn.sendall(reply)
+            except OSError:
+                pass
+            finally:
+                for c in conns:
+                    c.close()
+
+        listeners = []
+        for reply in (None, b"garbage without a tag\r\n"):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            listeners.append(listener)
+            threading.Thread(target=serve, args=(listener, reply), daemon=True).start()
+        d = self.daemon = Daemon(self.tmp, [
+            {"name": "silent", "host": "127.0.0.1", "port": listeners[0].getsockname()[1], "tls": "none",
+             "user": "u", "password": PASSWORD},
+            {"name": "garbling", "host": "127.0.0.1", "port": listeners[1].getsockname()[1], "tls": "none",
+             "user": "u", "password": PASSWORD}],
+            imap_extra="response_timeout_ms = 300")
+        timeout = d.wait_for("imap_disconnected", mailbox="silent")
+        self.assertEqual(timeout["code"], "timeout")
+        garbled = d.wait_for("imap_disconnected", mailbox="garbling")
+        self.assertEqual(garbled["code"], "imap_protocol")
+        d.wait_for("imap_disconnected", mailbox="silent")  # reconnected and timed out again
+        self.assertGreaterEqual(d.stats()["imap_connects"], 3)
+        self.assertEqual(d.stop(), 0)
+        for listener in listeners:
+            listener.close()
+
     def write_secret(self):
         path = os.path.join(self.tmp, "bob.password")
         with open(path, "w") as f:
