@@ -57,7 +57,7 @@ def seed(dv, n):
     return total
 
 
-def run_mailrail(binary, dv, n, batch, depth, placement, tmp):
+def run_mailrail(binary, dv, n, batch, depth, placement, extra, tmp):
     data = os.path.join(tmp, "data")
     shutil.rmtree(data, ignore_errors=True)
     config = os.path.join(tmp, "bench.toml")
@@ -125,6 +125,7 @@ def main():
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--placement", default="auto", help="mailrail topology.placement (auto, one-thread, ...)")
+    parser.add_argument("--imap-config", default="", help="extra [imap] lines for mailrail, e.g. 'checkpoint_interval_ms = 1000'")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="mailrail-imap-bench-")
     dv = Dovecot(tmp, ["alice"])
@@ -137,7 +138,8 @@ def main():
         run_imaplib(dv, args.messages, args.batch)
         ours, theirs, sinks = [], [], []
         for run in range(args.runs):
-            rate, sink_s = run_mailrail(args.mailrail, dv, args.messages, args.batch, args.depth, args.placement, tmp)
+            rate, sink_s = run_mailrail(args.mailrail, dv, args.messages, args.batch, args.depth, args.placement,
+                                         args.imap_config.replace("\\n", "\n"), tmp)
             peer = run_imaplib(dv, args.messages, args.batch)
             ours.append(rate)
             theirs.append(peer)

@@ -142,6 +142,12 @@ ImapSource::ImapSource(EventLoop* loop, stages::MessagePool* pool, engine::Chann
 
 ImapSource::~ImapSource() {
   *alive_ = false;
+  {
+    std::lock_guard lock(checkpoint_mutex_);
+    checkpoint_stop_ = true;
+  }
+  checkpoint_cv_.notify_one();
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   for (auto& f : folders_) {
     if (f->conn != nullptr) f->conn->Abandon();
   }
@@ -193,6 +199,7 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
       s->folders_.push_back(std::move(f));
     }
   }
+  s->checkpoint_thread_ = std::thread([source = s.get()] { source->RunCheckpointWriter(); });
   return s;
 }
 
@@ -222,8 +229,7 @@ void ImapSource::LoadCheckpointOrError() {
   }
 }
 
-base::Status ImapSource::WriteCheckpoint() {
-  if (!checkpoint_dirty_) return base::OkStatus();
+std::string ImapSource::CheckpointText() {
   for (const auto& f : folders_) {
     if (f->durable_validity != 0) loaded_checkpoint_[f->id] = {f->durable_validity, f->durable_uid};
   }
@@ -231,6 +237,11 @@ base::Status ImapSource::WriteCheckpoint() {
   for (const auto& [id, position] : loaded_checkpoint_) {
     text += fmt::format("{}\t{}\t{}\n", position.first, position.second, id);
   }
+  return text;
+}
+
+base::Status ImapSource::WriteCheckpointFile(const std::string& text) {
+  std::lock_guard file_lock(checkpoint_file_mutex_);
   const std::string& path = config_.checkpoint_path;
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -247,9 +258,34 @@ base::Status ImapSource::WriteCheckpoint() {
     return base::MakeError("imap.checkpoint", "cannot sync directory of " + path + ": " + std::strerror(errno));
   }
   ::close(dir_fd);
-  checkpoint_dirty_ = false;
-  stats_.checkpoint_writes.Add();
+  stats_.checkpoint_writes.Add();  // under checkpoint_file_mutex_: one writer at a time
   return base::OkStatus();
+}
+
+base::Status ImapSource::WriteCheckpoint() {
+  std::string text = CheckpointText();
+  {
+    std::lock_guard lock(checkpoint_mutex_);
+    checkpoint_pending_.reset();  // older than `text`
+  }
+  checkpoint_dirty_ = false;
+  return WriteCheckpointFile(text);
+}
+
+void ImapSource::RunCheckpointWriter() {
+  std::unique_lock lock(checkpoint_mutex_);
+  for (;;) {
+    checkpoint_cv_.wait(lock, [this] { return checkpoint_stop_ || checkpoint_pending_.has_value(); });
+    if (checkpoint_stop_) return;
+    std::string text = std::move(*checkpoint_pending_);
+    checkpoint_pending_.reset();
+    lock.unlock();
+    if (auto status = WriteCheckpointFile(text); !status) {
+      // The next acknowledgement schedules another write; until then a restart resumes earlier.
+      log_("imap_checkpoint_failed", {{"error", status.error().message}});
+    }
+    lock.lock();
+  }
 }
 
 void ImapSource::Start() {
@@ -659,7 +695,14 @@ void ImapSource::ScheduleCheckpoint() {
   loop_->RunAfter(config_.checkpoint_interval, [this, alive] {
     if (alive.expired()) return;
     checkpoint_armed_ = false;
-    if (auto status = WriteCheckpoint(); !status) log_("imap_checkpoint_failed", {{"error", status.error().message}});
+    if (!checkpoint_dirty_) return;
+    checkpoint_dirty_ = false;
+    // The fsyncs happen on the checkpoint thread: the loop never waits for the disk.
+    {
+      std::lock_guard lock(checkpoint_mutex_);
+      checkpoint_pending_ = CheckpointText();  // replaces an older text not yet written
+    }
+    checkpoint_cv_.notify_one();
   });
 }
 

@@ -15,7 +15,8 @@
 // in UID order and "highest durable UID" is contiguous: every UID below it that the search found
 // is durable too.
 // Checkpoint: per folder, UIDVALIDITY and the highest durable UID, in one text file written
-//   crash-atomically (tmp, fsync, rename, fsync dir) at most every checkpoint_interval and at
+//   crash-atomically (tmp, fsync, rename, fsync dir) at most every checkpoint_interval by a
+//   small checkpoint thread (the loop never waits for the disk) and by WriteCheckpoint at
 //   shutdown, only from acknowledgements. A restart resumes after the checkpoint; what was
 //   fetched but not yet durable at a crash is fetched again (dedup drops the repeat).
 // Faults: any network or protocol error, a BYE or a command timeout closes the connection; it is
@@ -26,7 +27,8 @@
 //   out and comes back after poll_interval instead of idling, so every folder gets its turn.
 // Secrets: passwords are sent only in LOGIN / AUTHENTICATE and never appear in logs or errors.
 //
-// Threading: Start, Shutdown, WriteCheckpoint, in_flight and the callbacks on the loop thread;
+// Threading: Start, Shutdown, WriteCheckpoint, in_flight, PollNow and the callbacks on the loop
+//   thread; the checkpoint thread only writes texts the loop built (and may call the log);
 //   OnDurable on the WAL thread (appends under acks_mutex_ and posts one drain task when the
 //   queue was empty, like IngestHandler); stats() from any thread (relaxed counters).
 // Ownership: pool, channel and loop outlive the source, and the source outlives every message it
@@ -35,13 +37,16 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -155,6 +160,9 @@ class ImapSource final : public stages::DurableAckSink {
   void Settle(Folder* f);  // advances the checkpoint over acknowledged and skipped messages
   void DrainAcks();
   void ScheduleCheckpoint();
+  std::string CheckpointText();  // loop thread: the file's contents from the folders' state
+  base::Status WriteCheckpointFile(const std::string& text);  // any thread; serialised
+  void RunCheckpointWriter();    // the checkpoint thread
   void Tick();
   bool CheckOk(Folder* f, const ImapResponse& done, std::string_view what);
 
@@ -175,6 +183,16 @@ class ImapSource final : public stages::DurableAckSink {
   bool checkpoint_dirty_ = false;
   bool shut_down_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
+  // The checkpoint thread writes what the loop hands it (latest text wins), so the loop never
+  // waits for fsync. checkpoint_mutex_ guards checkpoint_pending_ and checkpoint_stop_;
+  // checkpoint_file_mutex_ serialises writes of the file (checkpoint thread and WriteCheckpoint).
+  std::thread checkpoint_thread_;
+  std::mutex checkpoint_mutex_;
+  std::condition_variable checkpoint_cv_;
+  std::optional<std::string> checkpoint_pending_;
+  bool checkpoint_stop_ = false;
+  std::mutex checkpoint_file_mutex_;
 
   std::mutex acks_mutex_;
   std::vector<stages::DurableAck> acks_;           // guarded by acks_mutex_
