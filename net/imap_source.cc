@@ -421,10 +421,11 @@ void ImapSource::Select(Folder* f) {
   f->phase = Phase::kSelect;
   f->selected_validity = 0;
   auto quoted = Quote(f->folder);
-  f->conn->Command("SELECT " + quoted.value(), [this, f](ImapResponse& done) {
-    if (!CheckOk(f, done, "SELECT")) return;
+  // EXAMINE: read-only, so the mirror changes nothing in the mailbox (not even \\Recent).
+  f->conn->Command("EXAMINE " + quoted.value(), [this, f](ImapResponse& done) {
+    if (!CheckOk(f, done, "EXAMINE")) return;
     if (f->selected_validity == 0) {
-      Disconnect(f, base::MakeError("imap_protocol", "SELECT without UIDVALIDITY"));
+      Disconnect(f, base::MakeError("imap_protocol", "EXAMINE without UIDVALIDITY"));
       return;
     }
     f->backoff = std::chrono::milliseconds(0);
