@@ -421,7 +421,7 @@ void ImapSource::Select(Folder* f) {
   f->phase = Phase::kSelect;
   f->selected_validity = 0;
   auto quoted = Quote(f->folder);
-  // EXAMINE: read-only, so the mirror changes nothing in the mailbox (not even \\Recent).
+  // EXAMINE: read-only, so the mirror changes nothing in the mailbox (not even \Recent).
   f->conn->Command("EXAMINE " + quoted.value(), [this, f](ImapResponse& done) {
     if (!CheckOk(f, done, "EXAMINE")) return;
     if (f->selected_validity == 0) {
