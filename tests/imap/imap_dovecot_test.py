@@ -337,6 +337,37 @@ class ImapDovecotTest(unittest.TestCase):
         for listener in listeners:
             listener.close()
 
+    def test_bad_config_and_damaged_checkpoint_are_refused_at_start(self):
+        bad = os.path.join(self.tmp, "bad.toml")
+        with open(bad, "w") as f:
+            f.write('[imap]\nfetch_batch = 0\n'
+                    '[[imap.mailbox]]\nuser = "a"\npassword = "p1"\npassword_file = "f"\ntls = "ssl"\n'
+                    '[[imap.mailbox]]\nname = "a/b"\nhost = "h"\nuser = "b"\npassword = "p2"\nfolders = []\nbogus = 1\n')
+        out = subprocess.run([BIN, "run", "--config", bad], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        for expected in (f"{bad}:2: imap.fetch_batch: must be between 1 and 10000",
+                         f"{bad}:7: imap.mailbox[0].tls: must be one of none, implicit, starttls",
+                         "imap.mailbox[0].host: is required",
+                         "imap.mailbox[0].password: give exactly one of password and password_file",
+                         f"{bad}:13: imap.mailbox[1].folders: must be a non-empty array",
+                         "imap.mailbox[1].name: must not contain '/'",
+                         f"{bad}:14: imap.mailbox[1].bogus: unknown key"):
+            self.assertIn(expected, out.stderr)
+        self.assertNotIn("p1", out.stderr.replace("imap.", ""))
+
+        data = os.path.join(self.tmp, "data")
+        os.makedirs(data)
+        with open(os.path.join(data, "imap.checkpoint"), "w") as f:
+            f.write("# header\n17\tnot-a-uid\tmb/INBOX\n")
+        good = os.path.join(self.tmp, "good.toml")
+        with open(good, "w") as f:
+            f.write(f'data_dir = "{data}"\n[http]\nport = 0\n[stats]\nsocket = "{self.tmp}/stats.sock"\n'
+                    f'[[imap.mailbox]]\nname = "mb"\nhost = "127.0.0.1"\nport = 1\ntls = "none"\nuser = "u"\n'
+                    f'password = "p"\n')
+        out = subprocess.run([BIN, "run", "--config", good], capture_output=True, text=True, timeout=20)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn(f"{data}/imap.checkpoint:2: expected <uidvalidity> TAB <uid> TAB <mailbox>/<folder>", out.stderr)
+
     def write_secret(self):
         path = os.path.join(self.tmp, "bob.password")
         with open(path, "w") as f:
