@@ -69,7 +69,8 @@ base::Result<std::optional<ImapResponse>> ImapResponseParser::Next() {
     const std::size_t lf = buffer_.find('\n', scan_from_);
     if (lf == std::string::npos) {
       scan_from_ = buffer_.size();
-      if (buffer_.size() - pos_ + current_.text.size() > limits_.max_line_bytes) {
+      // + 1: the line's CR may already be here; the limit counts the line without it.
+      if (buffer_.size() - pos_ + current_.text.size() > limits_.max_line_bytes + 1) {
         return base::MakeError("imap_protocol", fmt::format("response line longer than {} bytes", limits_.max_line_bytes));
       }
       return std::optional<ImapResponse>();

@@ -109,6 +109,23 @@ TEST(ImapParserTest, LimitsAreProtocolErrors) {
   EXPECT_FALSE(lines.Next().has_value());
 }
 
+TEST(ImapParserTest, LineAtTheLimitPassesWhereverItIsSplit) {
+  const std::string line = "* 12345678\r\n";  // 10 bytes without CRLF: exactly the limit
+  for (std::size_t cut = 0; cut <= line.size(); ++cut) {
+    ImapResponseParser parser(ImapResponseParser::Limits{.max_line_bytes = 10, .max_literal_bytes = 100});
+    parser.Feed(line.substr(0, cut));
+    auto first = parser.Next();
+    ASSERT_TRUE(first.has_value()) << "cut at " << cut << ": " << first.error().message;
+    parser.Feed(line.substr(cut));
+    auto r = first->has_value() ? std::move(first) : parser.Next();
+    ASSERT_TRUE(r.has_value() && r->has_value()) << "cut at " << cut;
+    EXPECT_EQ((*r)->text, "12345678");
+  }
+  ImapResponseParser parser(ImapResponseParser::Limits{.max_line_bytes = 10, .max_literal_bytes = 100});
+  parser.Feed("* 123456789\r\n");  // one byte over
+  EXPECT_FALSE(parser.Next().has_value());
+}
+
 TEST(ImapParserTest, MalformedTaggedLineIsAnError) {
   ImapResponseParser parser;
   parser.Feed("garbage\r\n");
