@@ -3,7 +3,7 @@
 // daemon's network thread, which also runs the webhook: both push into the same SPSC ingest
 // channel from that one thread) and keeps one ImapConnection per (mailbox, folder):
 //
-//   connect ─► [STARTTLS] ─► LOGIN | AUTHENTICATE PLAIN ─► CAPABILITY ─► SELECT folder
+//   connect ─► [STARTTLS] ─► LOGIN | AUTHENTICATE PLAIN ─► CAPABILITY ─► EXAMINE folder
 //     ─► UID SEARCH SINCE <today - months> (first sync, or UIDVALIDITY changed: full resync)
 //        UID SEARCH UID <last+1>:*          (otherwise)
 //     ─► UID FETCH <set> (UID BODY.PEEK[]) in batches, up to pipeline_depth commands in flight
@@ -21,7 +21,7 @@
 //   fetched but not yet durable at a crash is fetched again (dedup drops the repeat).
 // Faults: any network or protocol error, a BYE or a command timeout closes the connection; it is
 //   reopened after an exponential backoff (backoff_base doubling up to backoff_max, reset by a
-//   successful SELECT) and the sync resumes after the highest UID already handed to the pipeline.
+//   successful EXAMINE) and the sync resumes after the highest UID already handed to the pipeline.
 // Connection limit: at most max_connections_per_server connections per host:port; folders beyond
 //   it wait in FIFO order, and a folder that has caught up while others wait for its server logs
 //   out and comes back after poll_interval instead of idling, so every folder gets its turn.
