@@ -240,8 +240,11 @@ std::string ImapSource::CheckpointText() {
   return text;
 }
 
-base::Status ImapSource::WriteCheckpointFile(const std::string& text) {
+base::Status ImapSource::WriteCheckpointFile(std::uint64_t seq, const std::string& text) {
   std::lock_guard file_lock(checkpoint_file_mutex_);
+  // A text built before the one already written (the shutdown write overtook the thread's) would
+  // move the checkpoint back.
+  if (seq <= written_seq_) return base::OkStatus();
   const std::string& path = config_.checkpoint_path;
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -258,6 +261,7 @@ base::Status ImapSource::WriteCheckpointFile(const std::string& text) {
     return base::MakeError("imap.checkpoint", "cannot sync directory of " + path + ": " + std::strerror(errno));
   }
   ::close(dir_fd);
+  written_seq_ = seq;
   stats_.checkpoint_writes.Add();  // under checkpoint_file_mutex_: one writer at a time
   return base::OkStatus();
 }
@@ -269,7 +273,7 @@ base::Status ImapSource::WriteCheckpoint() {
     checkpoint_pending_.reset();  // older than `text`
   }
   checkpoint_dirty_ = false;
-  return WriteCheckpointFile(text);
+  return WriteCheckpointFile(++checkpoint_seq_, text);
 }
 
 void ImapSource::RunCheckpointWriter() {
@@ -277,10 +281,10 @@ void ImapSource::RunCheckpointWriter() {
   for (;;) {
     checkpoint_cv_.wait(lock, [this] { return checkpoint_stop_ || checkpoint_pending_.has_value(); });
     if (checkpoint_stop_) return;
-    std::string text = std::move(*checkpoint_pending_);
+    auto [seq, text] = std::move(*checkpoint_pending_);
     checkpoint_pending_.reset();
     lock.unlock();
-    if (auto status = WriteCheckpointFile(text); !status) {
+    if (auto status = WriteCheckpointFile(seq, text); !status) {
       // The next acknowledgement schedules another write; until then a restart resumes earlier.
       log_("imap_checkpoint_failed", {{"error", status.error().message}});
     }
@@ -701,7 +705,7 @@ void ImapSource::ScheduleCheckpoint() {
     // The fsyncs happen on the checkpoint thread: the loop never waits for the disk.
     {
       std::lock_guard lock(checkpoint_mutex_);
-      checkpoint_pending_ = CheckpointText();  // replaces an older text not yet written
+      checkpoint_pending_.emplace(++checkpoint_seq_, CheckpointText());  // replaces an older one not yet written
     }
     checkpoint_cv_.notify_one();
   });

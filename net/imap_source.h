@@ -161,7 +161,8 @@ class ImapSource final : public stages::DurableAckSink {
   void DrainAcks();
   void ScheduleCheckpoint();
   std::string CheckpointText();  // loop thread: the file's contents from the folders' state
-  base::Status WriteCheckpointFile(const std::string& text);  // any thread; serialised
+  // Any thread; serialised; skips a text older (lower seq) than the last one written.
+  base::Status WriteCheckpointFile(std::uint64_t seq, const std::string& text);
   void RunCheckpointWriter();    // the checkpoint thread
   void Tick();
   bool CheckOk(Folder* f, const ImapResponse& done, std::string_view what);
@@ -190,9 +191,11 @@ class ImapSource final : public stages::DurableAckSink {
   std::thread checkpoint_thread_;
   std::mutex checkpoint_mutex_;
   std::condition_variable checkpoint_cv_;
-  std::optional<std::string> checkpoint_pending_;
+  std::optional<std::pair<std::uint64_t, std::string>> checkpoint_pending_;  // (seq, text)
   bool checkpoint_stop_ = false;
+  std::uint64_t checkpoint_seq_ = 0;  // loop thread: sequence of the last text built
   std::mutex checkpoint_file_mutex_;
+  std::uint64_t written_seq_ = 0;     // guarded by checkpoint_file_mutex_
 
   std::mutex acks_mutex_;
   std::vector<stages::DurableAck> acks_;           // guarded by acks_mutex_
