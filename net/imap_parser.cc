@@ -175,9 +175,9 @@ base::Result<std::vector<std::uint64_t>> ParseSearch(std::string_view text) {
 bool HasCapability(std::string_view text, std::string_view name) {
   std::size_t at = 0;
   while (at < text.size()) {
-    const std::size_t start = text.find_first_not_of(" [", at);
+    const std::size_t start = text.find_first_not_of(" []", at);
     if (start == std::string_view::npos) return false;
-    const std::size_t end = std::min(text.find_first_of(" ]", start), text.size());
+    const std::size_t end = std::min(text.find_first_of(" []", start), text.size());
     if (EqualsNoCase(text.substr(start, end - start), name)) return true;
     at = end;
   }

@@ -152,6 +152,9 @@ TEST(ImapParserTest, ResponseShapes) {
   EXPECT_TRUE(HasCapability("CAPABILITY IMAP4rev1 SASL-IR IDLE", "idle"));
   EXPECT_TRUE(HasCapability("OK [CAPABILITY IMAP4rev1 IDLE] Logged in", "IDLE"));
   EXPECT_FALSE(HasCapability("CAPABILITY IMAP4rev1 IDLEX", "IDLE"));
+  // Found by the fuzzer: a word after the closing bracket used to loop forever.
+  EXPECT_FALSE(HasCapability("OK [UIDVALIDITY 17] UIDs valid", "IDLE"));
+  EXPECT_TRUE(HasCapability("OK [CAPABILITY IMAP4rev1][x] IDLE", "IDLE"));
 }
 
 TEST(ImapParserTest, FetchWithoutBodyOrUid) {
