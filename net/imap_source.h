@@ -4,8 +4,8 @@
 // channel from that one thread) and keeps one ImapConnection per (mailbox, folder):
 //
 //   connect ─► [STARTTLS] ─► LOGIN | AUTHENTICATE PLAIN ─► CAPABILITY ─► EXAMINE folder
-//     ─► UID SEARCH SINCE <today - months> (first sync, or UIDVALIDITY changed: full resync)
-//        UID SEARCH UID <last+1>:*          (otherwise)
+//     ─► UID SEARCH UID <last+1>:* [SINCE <today - months>] NOT LARGER <max_message_bytes>
+//        (last = 0 on the first sync and after a UIDVALIDITY change: a full resync)
 //     ─► UID FETCH <set> (UID BODY.PEEK[]) in batches, up to pipeline_depth commands in flight
 //     ─► IDLE until EXISTS (or NOOP every poll_interval when IDLE is absent or disabled) ─► SEARCH ...
 //
@@ -23,8 +23,9 @@
 //   reopened after an exponential backoff (backoff_base doubling up to backoff_max, reset by a
 //   successful EXAMINE) and the sync resumes after the highest UID already handed to the pipeline.
 // Connection limit: at most max_connections_per_server connections per host:port; folders beyond
-//   it wait in FIFO order, and a folder that has caught up while others wait for its server logs
-//   out and comes back after poll_interval instead of idling, so every folder gets its turn.
+//   it wait in FIFO order, and a folder that has caught up while others wait for its server
+//   closes its connection and comes back after poll_interval instead of idling, so every folder
+//   gets its turn.
 // Secrets: passwords are sent only in LOGIN / AUTHENTICATE and never appear in logs or errors.
 //
 // Threading: Start, Shutdown, WriteCheckpoint, in_flight, PollNow and the callbacks on the loop
