@@ -28,6 +28,7 @@
 #include "net/control_api.h"
 #include "net/event_loop.h"
 #include "net/http_server.h"
+#include "net/imap_source.h"
 #include "net/ingest_handler.h"
 #include "stages/record_json.h"
 #include "tools/config.h"
@@ -92,10 +93,11 @@ class Daemon final : public net::ControlService {
  public:
   using ReloadLog = std::function<void(std::string_view source, const ReloadResult& result)>;
   Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest,
-         ReloadLog log_reload)
+         net::ImapSource* imap, ReloadLog log_reload)
       : pipeline_(pipeline),
         registry_(registry),
         ingest_(ingest),
+        imap_(imap),
         log_reload_(std::move(log_reload)),
         started_(std::chrono::steady_clock::now()),
         reloader_(&pipeline->filter()) {}
@@ -144,7 +146,10 @@ class Daemon final : public net::ControlService {
   }
 
   net::ControlReply TriggerPolling() override {
-    return {202, R"({"status":"accepted","detail":"no mailbox pollers are configured; nothing to poll"})"};
+    if (imap_ == nullptr) {
+      return {202, R"({"status":"accepted","detail":"no mailbox pollers are configured; nothing to poll"})"};
+    }
+    return {202, fmt::format(R"({{"status":"accepted","detail":"imap folders nudged","folders":{}}})", imap_->PollNow())};
   }
 
   void ReloadRules(std::function<void(net::ControlReply)> reply) override {
@@ -179,6 +184,7 @@ class Daemon final : public net::ControlService {
   Pipeline* pipeline_;
   const engine::StatsRegistry* registry_;
   const net::IngestHandler* ingest_;
+  net::ImapSource* imap_;  // null without [[imap.mailbox]]; used on the loop thread only
   const ReloadLog log_reload_;
   const std::chrono::steady_clock::time_point started_;
   std::mutex mutex_;
@@ -300,7 +306,38 @@ int RunDaemon(const std::string& config_path) {
            {"error", result.error().message}});
     }
   };
-  Daemon daemon(&pipeline, &registry, &ingest, log_reload);
+    // IMAP mailboxes run on the same loop thread as the webhook: that thread is the one producer of
+  // the SPSC ingest channel.
+  std::unique_ptr<net::ImapSource> imap;
+  if (!config.imap.mailboxes.empty()) {
+    net::ImapSourceConfig imap_config = config.imap;
+    imap_config.max_message_bytes = pipeline.max_message_bytes();
+    auto created = net::ImapSource::Create(loop->get(), &pipeline.pool(), pipeline.ingest(), std::move(imap_config),
+                                           [&config](std::string_view event, const net::ImapLogFields& fields) {
+                                             Log(config, event, fields);
+                                           });
+    if (!created) {
+      fmt::print(stderr, "mailrail run: {}\n", created.error().message);
+      return 1;
+    }
+    imap = std::move(created).value();
+    registry.Add([source = imap.get()](engine::Snapshot& s) {
+      const net::ImapStats& st = source->stats();
+      auto v = [](const net::Counter& c) { return static_cast<double>(c.value()); };
+      s.Counter("stage_messages_out", v(st.messages), {{"stage", "ingest"}, {"source", "imap"}});
+      s.Counter("imap_connects", v(st.connects), {}, "IMAP connections opened");
+      s.Counter("imap_disconnects", v(st.disconnects), {}, "IMAP connections lost to errors and timeouts");
+      s.Counter("imap_fetch_commands", v(st.fetch_commands), {}, "UID FETCH commands sent");
+      s.Counter("imap_messages", v(st.messages), {}, "messages fetched and pushed to the pipeline");
+      s.Counter("imap_bytes", v(st.bytes), {}, "bytes of messages fetched");
+      s.Counter("imap_durable", v(st.durable), {}, "fetched messages the WAL reported durable");
+      s.Counter("imap_rejected_too_large", v(st.rejected_too_large), {}, "messages over limits.max_message_mib");
+      s.Counter("imap_uidvalidity_resets", v(st.uidvalidity_resets), {}, "folders resynchronised after a UIDVALIDITY change");
+      s.Counter("imap_idle_wakeups", v(st.idle_wakeups), {}, "IDLE ended by new mail");
+      s.Counter("imap_checkpoint_writes", v(st.checkpoint_writes), {}, "durable writes of imap.checkpoint");
+    });
+  }
+    Daemon daemon(&pipeline, &registry, &ingest, imap.get(), log_reload);
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
 
@@ -317,6 +354,7 @@ int RunDaemon(const std::string& config_path) {
   // requests must not take the message pool from the recovery).
   pipeline.WaitForRecovery();
   (*server)->Start();
+  if (imap != nullptr) (*loop)->Post([&] { imap->Start(); });
   std::thread net_thread([&] { (*loop)->Run(); });
 
   const auto& report = pipeline.wal_open_report();
@@ -356,11 +394,17 @@ int RunDaemon(const std::string& config_path) {
           {{"signal", std::to_string(sig)}, {"deadline_ms", std::to_string(config.drain_deadline.count())}});
       drain_deadline = std::chrono::steady_clock::now() + config.drain_deadline;
       drain_thread = std::thread([&] {
-        // Stop accepting; wait (on the loop) until every request whose messages are in the WAL has
-        // had its 202; then end the ingest stream: the pipeline drains every accepted message
-        // into the sink and its threads exit.
+        // Stop accepting and fetching; wait (on the loop) until every request whose messages are
+        // in the WAL has had its 202 and every fetched IMAP message is durable (then checkpoint);
+        // then end the ingest stream: the pipeline drains every accepted message into the sink
+        // and its threads exit.
         std::function<void()> stop_when_answered = [&] {
-          if (ingest.pending_requests() == 0) {
+          if (ingest.pending_requests() == 0 && (imap == nullptr || imap->in_flight() == 0)) {
+            if (imap != nullptr) {
+              if (auto status = imap->WriteCheckpoint(); !status) {
+                Log(config, "imap_checkpoint_failed", {{"error", status.error().message}});
+              }
+            }
             (*loop)->Stop();
           } else {
             (*loop)->RunAfter(std::chrono::milliseconds(5), stop_when_answered);
@@ -368,6 +412,7 @@ int RunDaemon(const std::string& config_path) {
         };
         (*loop)->Post([&] {
           (*server)->Shutdown();
+          if (imap != nullptr) imap->Shutdown();
           stop_when_answered();
         });
         net_thread.join();

@@ -198,6 +198,115 @@ void ReadTopology(TableReader& top, DaemonConfig& config) {
   r.RejectUnknown();
 }
 
+void ReadImap(TableReader& top, DaemonConfig& config) {
+  const toml::table* table = top.Subtable("imap");
+  if (table == nullptr) return;
+  TableReader r(*table, top.file(), "imap.", top.errors());
+  net::ImapSourceConfig& imap = config.imap;
+  r.GetRange("fetch_batch", imap.fetch_batch, 1, 10'000);
+  r.GetRange("pipeline_depth", imap.pipeline_depth, 1, 64);
+  r.GetRange("max_connections_per_server", imap.max_connections_per_server, 1, 10'000);
+  auto get_ms = [&r](std::string_view key, std::chrono::milliseconds& out, std::size_t min, std::size_t max) {
+    std::size_t ms = static_cast<std::size_t>(out.count());
+    r.GetRange(key, ms, min, max);
+    out = std::chrono::milliseconds(ms);
+  };
+  get_ms("poll_interval_ms", imap.poll_interval, 10, 24 * 3'600'000);
+  get_ms("idle_restart_ms", imap.idle_restart, 1000, 29 * 60'000);
+  get_ms("response_timeout_ms", imap.response_timeout, 100, 3'600'000);
+  get_ms("backoff_base_ms", imap.backoff_base, 1, 600'000);
+  get_ms("backoff_max_ms", imap.backoff_max, 1, 3'600'000);
+  get_ms("checkpoint_interval_ms", imap.checkpoint_interval, 1, 60'000);
+  r.MarkKnown("mailbox");
+  const toml::node* list = table->get("mailbox");
+  if (list != nullptr && !list->is_array_of_tables()) {
+    r.Fail(*list, "mailbox", "must be an array of tables ([[imap.mailbox]])");
+    list = nullptr;
+  }
+  std::set<std::string> ids;
+  if (list != nullptr) {
+    std::size_t index = 0;
+    for (const toml::node& node : *list->as_array()) {
+      const toml::table& t = *node.as_table();
+      TableReader m(t, top.file(), fmt::format("imap.mailbox[{}].", index++), top.errors());
+      net::ImapMailboxConfig mailbox;
+      m.Get("name", mailbox.name);
+      m.Get("host", mailbox.host);
+      std::string tls = "implicit";
+      m.GetChoice("tls", tls, {"none", "implicit", "starttls"});
+      mailbox.tls = tls == "none" ? net::ImapTls::kNone : tls == "starttls" ? net::ImapTls::kStartTls : net::ImapTls::kImplicit;
+      std::size_t port = mailbox.tls == net::ImapTls::kImplicit ? 993 : 143;
+      m.GetRange("port", port, 1, 65535);
+      mailbox.port = static_cast<std::uint16_t>(port);
+      m.Get("verify_peer", mailbox.verify_peer);
+      m.Get("ca_file", mailbox.ca_file);
+      m.Get("user", mailbox.user);
+      m.GetChoice("auth", mailbox.auth, {"login", "plain"});
+      std::string password_file;
+      m.Get("password", mailbox.password);
+      m.Get("password_file", password_file);
+      std::size_t months = mailbox.months;
+      m.GetRange("months", months, 0, 1200);
+      mailbox.months = static_cast<unsigned>(months);
+      m.Get("idle", mailbox.idle);
+      if (const toml::node* folders = t.get("folders")) {
+        mailbox.folders.clear();
+        const toml::array* names = folders->as_array();
+        bool ok = names != nullptr && !names->empty();
+        if (ok) {
+          for (const toml::node& name : *names) {
+            auto v = name.value<std::string>();
+            if (!v || v->empty() || v->find_first_of("\t\r\n") != std::string::npos) {
+              ok = false;
+              break;
+            }
+            mailbox.folders.push_back(*v);
+          }
+        }
+        if (!ok) m.Fail(*folders, "folders", "must be a non-empty array of folder names (no tabs or line breaks)");
+      }
+      m.MarkKnown("folders");
+      if (mailbox.host.empty()) m.Fail(t, "host", "is required");
+      if (mailbox.user.empty()) m.Fail(t, "user", "is required");
+      if (mailbox.password.empty() == password_file.empty()) {
+        m.Fail(t, "password", "give exactly one of password and password_file");
+      } else if (!password_file.empty()) {
+        std::filesystem::path path(password_file);
+        if (path.is_relative() && top.file().front() != '<') path = std::filesystem::path(top.file()).parent_path() / path;
+        std::ifstream in(path);
+        std::stringstream text;
+        text << in.rdbuf();
+        mailbox.password = text.str();
+        while (!mailbox.password.empty() && (mailbox.password.back() == '\n' || mailbox.password.back() == '\r')) {
+          mailbox.password.pop_back();
+        }
+        if (!in || mailbox.password.empty()) {
+          m.Fail(*t.get("password_file"), "password_file", "cannot read a password from " + path.string());
+        }
+      }
+      // LOGIN sends both as quoted strings, which cannot carry line breaks (the secret is not echoed).
+      if (mailbox.user.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+        m.Fail(t, "user", "must not contain line breaks or NUL");
+      }
+      if (mailbox.password.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+        m.Fail(t, "password", "must not contain line breaks or NUL");
+      }
+      if (mailbox.name.empty()) mailbox.name = mailbox.user + "@" + mailbox.host;
+      if (mailbox.name.find_first_of("\t\r\n/") != std::string::npos) {
+        m.Fail(t, "name", "must not contain '/', tabs or line breaks");
+      }
+      for (const std::string& folder : mailbox.folders) {
+        if (!ids.insert(mailbox.name + "/" + folder).second) {
+          m.Fail(t, "name", fmt::format("mailbox '{}' folder '{}' is configured twice", mailbox.name, folder));
+        }
+      }
+      m.RejectUnknown();
+      imap.mailboxes.push_back(std::move(mailbox));
+    }
+  }
+  r.RejectUnknown();
+}
+
 }  // namespace
 
 std::size_t AutoDedupThreads(std::size_t cpus, std::size_t shards) {
@@ -376,6 +485,7 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     r.GetChoice("level", config.log.level, {"debug", "info", "warn", "error"});
     r.RejectUnknown();
   }
+  ReadImap(top, config);
   if (const toml::table* t = top.Subtable("shutdown")) {
     TableReader r(*t, file, "shutdown.", errors);
     std::size_t ms = static_cast<std::size_t>(config.drain_deadline.count());
@@ -393,6 +503,7 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
   const std::filesystem::path data(config.data_dir);
   if (config.stats.socket.empty()) config.stats.socket = (data / "mailrail.sock").string();
   if (config.sink.path.empty()) config.sink.path = (data / "records.jsonl").string();
+  config.imap.checkpoint_path = (data / "imap.checkpoint").string();
   // A rule file named in a config file is found next to it, wherever the daemon was started.
   if (config.filter.rules.rfind("builtin:", 0) != 0 && std::filesystem::path(config.filter.rules).is_relative() &&
       file.front() != '<') {

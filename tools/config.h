@@ -16,6 +16,7 @@
 #include "engine/base/result.h"
 #include "engine/topology.h"
 #include "net/http_forward_stage.h"
+#include "net/imap_source.h"
 #include "stages/dedup_stage.h"
 #include "storage/wal_writer.h"
 
@@ -71,6 +72,10 @@ struct DaemonConfig {
     std::string format = "kv";  // kv | json
     std::string level = "info"; // debug | info | warn | error
   } log;
+
+  // [imap] and [[imap.mailbox]]: mailboxes the daemon pulls from (none by default).
+  // source.checkpoint_path is <data_dir>/imap.checkpoint; max_message_bytes is set by the daemon.
+  net::ImapSourceConfig imap;
 
   std::chrono::milliseconds drain_deadline{30000};
 };

@@ -1,0 +1,206 @@
+#pragma once
+// ImapSource: pulls mail from IMAP mailboxes into the pipeline. It runs on a net::EventLoop (the
+// daemon's network thread, which also runs the webhook: both push into the same SPSC ingest
+// channel from that one thread) and keeps one ImapConnection per (mailbox, folder):
+//
+//   connect ─► [STARTTLS] ─► LOGIN | AUTHENTICATE PLAIN ─► CAPABILITY ─► EXAMINE folder
+//     ─► UID SEARCH UID <last+1>:* [SINCE <today - months>] NOT LARGER <max_message_bytes>
+//        (last = 0 on the first sync and after a UIDVALIDITY change: a full resync)
+//     ─► UID FETCH <set> (UID BODY.PEEK[]) in batches, up to pipeline_depth commands in flight
+//     ─► IDLE until EXISTS (or NOOP every poll_interval when IDLE is absent or disabled) ─► SEARCH ...
+//
+// Each fetched message becomes a pooled Message (source kind imap, id "<mailbox>/<folder>",
+// position "<UIDVALIDITY>:<UID>") whose ack sink is this source. Messages of one FETCH enter the
+// pipeline in UID order once the FETCH completes, so the WAL acknowledges each folder's messages
+// in UID order and "highest durable UID" is contiguous: every UID below it that the search found
+// is durable too.
+// Checkpoint: per folder, UIDVALIDITY and the highest durable UID, in one text file written
+//   crash-atomically (tmp, fsync, rename, fsync dir) at most every checkpoint_interval by a
+//   small checkpoint thread (the loop never waits for the disk) and by WriteCheckpoint at
+//   shutdown, only from acknowledgements. A restart resumes after the checkpoint; what was
+//   fetched but not yet durable at a crash is fetched again (dedup drops the repeat).
+// Faults: any network or protocol error, a BYE or a command timeout closes the connection; it is
+//   reopened after an exponential backoff (backoff_base doubling up to backoff_max, reset by a
+//   successful EXAMINE) and the sync resumes after the highest UID already handed to the pipeline.
+// Connection limit: at most max_connections_per_server connections per host:port; folders beyond
+//   it wait in FIFO order, and a folder that has caught up while others wait for its server
+//   closes its connection and comes back after poll_interval instead of idling, so every folder
+//   gets its turn.
+// Secrets: passwords are sent only in LOGIN / AUTHENTICATE and never appear in logs or errors.
+//
+// Threading: Start, Shutdown, WriteCheckpoint, in_flight, PollNow and the callbacks on the loop
+//   thread; the checkpoint thread only writes texts the loop built (and may call the log);
+//   OnDurable on the WAL thread (appends under acks_mutex_ and posts one drain task when the
+//   queue was empty, like IngestHandler); stats() from any thread (relaxed counters).
+// Ownership: pool, channel and loop outlive the source, and the source outlives every message it
+//   pushed (the WAL calls OnDurable on it).
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "engine/channel.h"
+#include "net/counter.h"
+#include "net/event_loop.h"
+#include "net/imap_connection.h"
+#include "stages/message.h"
+
+namespace mailrail::net {
+
+struct ImapMailboxConfig {
+  std::string name;  // in SourceRef ids and the checkpoint; default "<user>@<host>"
+  std::string host;
+  std::uint16_t port = 993;
+  ImapTls tls = ImapTls::kImplicit;
+  bool verify_peer = true;
+  std::string ca_file;  // PEM bundle; empty: the system store
+  std::string user;
+  std::string password;  // secret: never logged
+  std::string auth = "login";  // login | plain (AUTHENTICATE PLAIN)
+  std::vector<std::string> folders{"INBOX"};
+  unsigned months = 0;  // backfill window; 0: every message in the folder
+  bool idle = true;     // use IDLE when the server has it; false: NOOP polling
+};
+
+struct ImapSourceConfig {
+  std::vector<ImapMailboxConfig> mailboxes;
+  std::string checkpoint_path;  // required
+  std::size_t fetch_batch = 64;      // UIDs per UID FETCH
+  std::size_t pipeline_depth = 4;    // UID FETCH commands in flight per connection
+  std::size_t max_connections_per_server = 8;
+  std::size_t max_message_bytes = 64u << 20;  // larger messages are counted and skipped
+  std::chrono::milliseconds poll_interval{30000};
+  std::chrono::milliseconds idle_restart{25 * 60 * 1000};  // RFC 2177: re-issue IDLE before 29 min
+  std::chrono::milliseconds response_timeout{60000};
+  std::chrono::milliseconds backoff_base{250};
+  std::chrono::milliseconds backoff_max{30000};
+  std::chrono::milliseconds checkpoint_interval{200};
+};
+
+struct ImapStats {
+  Counter connects;
+  Counter disconnects;       // errors and timeouts that closed a connection
+  Counter fetch_commands;
+  Counter messages;          // pushed to the pipeline
+  Counter bytes;
+  Counter durable;
+  Counter rejected_too_large;
+  Counter uidvalidity_resets;
+  Counter idle_wakeups;
+  Counter checkpoint_writes;
+};
+
+// One log event with fields (never secrets); the daemon formats it like its own events.
+using ImapLogFields = std::vector<std::pair<std::string_view, std::string>>;
+using ImapLog = std::function<void(std::string_view event, const ImapLogFields& fields)>;
+
+class ImapSource final : public stages::DurableAckSink {
+ public:
+  // Resolves every host (getaddrinfo, blocking), prepares TLS contexts and reads the checkpoint.
+  static base::Result<std::unique_ptr<ImapSource>> Create(EventLoop* loop, stages::MessagePool* pool,
+                                                          engine::Channel<stages::Message*>* channel,
+                                                          ImapSourceConfig config, ImapLog log);
+  ~ImapSource() override;
+  ImapSource(const ImapSource&) = delete;
+  ImapSource& operator=(const ImapSource&) = delete;
+
+  // Loop thread: starts every folder's sync.
+  void Start();
+  // Loop thread: closes every connection and stops fetching; messages already pushed still
+  // become durable (wait for in_flight() == 0, then WriteCheckpoint()).
+  void Shutdown();
+  base::Status WriteCheckpoint();
+  // Messages pushed (or held for the push) and not yet reported durable. Loop thread.
+  std::size_t in_flight() const;
+  // Loop thread: every folder that is idling, polling or waiting for its turn searches for new
+  // mail now (POST /polling/trigger). Returns how many folders were nudged.
+  std::size_t PollNow();
+
+  void OnDurable(std::span<const stages::DurableAck> acks) override;
+  const ImapStats& stats() const { return stats_; }
+
+ private:
+  struct Folder;
+  struct Server {
+    sockaddr_storage address{};
+    socklen_t address_length = 0;
+    std::shared_ptr<TlsContext> tls;
+    std::size_t active = 0;
+    std::deque<Folder*> waiting;
+  };
+
+  ImapSource(EventLoop* loop, stages::MessagePool* pool, engine::Channel<stages::Message*>* channel,
+             ImapSourceConfig config, ImapLog log);
+  void LoadCheckpointOrError();  // sets checkpoint_error_ on a damaged file
+  void RequestSlot(Folder* f);
+  void ReleaseSlot(Folder* f);
+  void Connect(Folder* f);
+  void Disconnect(Folder* f, const base::Error& error);
+  void ScheduleRetry(Folder* f, std::chrono::milliseconds delay);
+  void Login(Folder* f);
+  void Select(Folder* f);
+  void Search(Folder* f);
+  void FetchMore(Folder* f);
+  void CaughtUp(Folder* f);
+  void Poll(Folder* f);  // NOOP, then search
+  void StartIdle(Folder* f);
+  void PushReady();
+  void PushHeld();
+  void Settle(Folder* f);  // advances the checkpoint over acknowledged and skipped messages
+  void DrainAcks();
+  void ScheduleCheckpoint();
+  std::string CheckpointText();  // loop thread: the file's contents from the folders' state
+  // Any thread; serialised; skips a text older (lower seq) than the last one written.
+  base::Status WriteCheckpointFile(std::uint64_t seq, const std::string& text);
+  void RunCheckpointWriter();    // the checkpoint thread
+  void Tick();
+  bool CheckOk(Folder* f, const ImapResponse& done, std::string_view what);
+
+  EventLoop* loop_;
+  stages::MessagePool* pool_;
+  engine::Channel<stages::Message*>* channel_;
+  ImapSourceConfig config_;
+  ImapLog log_;
+  ImapStats stats_;
+  std::map<std::string, Server> servers_;  // by "host:port"
+  std::vector<std::unique_ptr<Folder>> folders_;
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> loaded_checkpoint_;  // id -> (validity, uid)
+  std::string checkpoint_error_;
+
+  std::vector<stages::Message*> held_;  // filled, pushed at the end of the loop iteration
+  bool push_retry_armed_ = false;
+  bool checkpoint_armed_ = false;
+  bool checkpoint_dirty_ = false;
+  bool shut_down_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
+  // The checkpoint thread writes what the loop hands it (latest text wins), so the loop never
+  // waits for fsync. checkpoint_mutex_ guards checkpoint_pending_ and checkpoint_stop_;
+  // checkpoint_file_mutex_ serialises writes of the file (checkpoint thread and WriteCheckpoint).
+  std::thread checkpoint_thread_;
+  std::mutex checkpoint_mutex_;
+  std::condition_variable checkpoint_cv_;
+  std::optional<std::pair<std::uint64_t, std::string>> checkpoint_pending_;  // (seq, text)
+  bool checkpoint_stop_ = false;
+  std::uint64_t checkpoint_seq_ = 0;  // loop thread: sequence of the last text built
+  std::mutex checkpoint_file_mutex_;
+  std::uint64_t written_seq_ = 0;     // guarded by checkpoint_file_mutex_
+
+  std::mutex acks_mutex_;
+  std::vector<stages::DurableAck> acks_;           // guarded by acks_mutex_
+  std::vector<stages::DurableAck> draining_acks_;  // loop thread
+};
+
+}  // namespace mailrail::net

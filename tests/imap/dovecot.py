@@ -1,0 +1,131 @@
+"""Helpers for tests and benchmarks that need a real Dovecot: a generated config on free loopback
+ports (Maildir in a temp dir, passwd-file passdb with plain passwords, mail owned by nobody),
+started as `dovecot -F -c CONF` and stopped by PID. Needs root (Dovecot switches users)."""
+import imaplib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+PASSWORD = "s3cret-Pa55"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)  # polling interval of a bounded wait, not a synchronisation
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Dovecot:
+    def __init__(self, tmp, users, tls=False):
+        self.dir = os.path.join(tmp, "dovecot")
+        for d in ("run", "state", "mail", "home"):
+            os.makedirs(os.path.join(self.dir, d), exist_ok=True)
+        os.chmod(tmp, 0o755)
+        os.chmod(self.dir, 0o755)
+        for d in ("mail", "home"):  # the mail processes run as nobody
+            os.chmod(os.path.join(self.dir, d), 0o777)
+        with open(os.path.join(self.dir, "passwd"), "w") as f:
+            for user in users:
+                f.write(f"{user}:{{PLAIN}}{PASSWORD}\n")
+        self.port = free_port()
+        self.tls_port = free_port() if tls else 0
+        ssl = "no"
+        if tls:
+            self.cert = os.path.join(self.dir, "cert.pem")
+            key = os.path.join(self.dir, "key.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                            "-keyout", key, "-out", self.cert], check=True, capture_output=True)
+            ssl = f"yes\nssl_cert = <{self.cert}\nssl_key = <{key}"
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""protocols = imap
+listen = 127.0.0.1
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+ssl = {ssl}
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{self.dir}/mail/%u
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.dir}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={self.dir}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {self.tls_port}
+  }}
+}}
+""")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_until(self._accepts, 20, f"dovecot on port {self.port}")
+
+    def _accepts(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"dovecot exited with {self.proc.returncode}: {self.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                return s.recv(100).startswith(b"* OK")
+        except OSError:
+            return False
+
+    def stop(self):
+        """SIGTERM to the master by PID: it ends its login and mail processes, closing sessions."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+        wait_until(lambda: not self._port_open(), 20, "dovecot's port to close")
+
+    def _port_open(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def log(self, full=False):
+        try:
+            with open(os.path.join(self.dir, "dovecot.log")) as f:
+                text = f.read()
+                return text if full else text[-3000:]
+        except OSError:
+            return ""
+
+    def append(self, user, folder, messages, date=None):
+        m = imaplib.IMAP4("127.0.0.1", self.port)
+        m.login(user, PASSWORD)
+        if folder != "INBOX":
+            m.create(folder)  # NO when it exists already: fine
+        for raw in messages:
+            typ, data = m.append(folder, None, date, raw)
+            assert typ == "OK", data
+        m.logout()

@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""The IMAP source of `mailrail run` against a real Dovecot (Debian dovecot-imapd).
+
+Each test starts its own Dovecot as `dovecot -F -c CONF` on free loopback ports with a generated
+config (Maildir in a temp dir, passwd-file passdb with plain passwords, mail owned by nobody),
+seeds it over IMAP APPEND with messages written here, runs the real daemon with [[imap.mailbox]]
+entries and checks the JSONL sink (message ids), the stats socket and the IMAP checkpoint.
+Dovecot and the daemon are stopped by PID. Every wait polls for an event with a bounded timeout.
+
+    imap_dovecot_test.py MAILRAIL_BIN
+"""
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+from dovecot import PASSWORD, Dovecot, wait_until  # PASSWORD must never show up in the daemon's output
+
+BIN = sys.argv.pop(1)
+
+
+def message(tag, i):
+    return (f"From: Sender {i} <s{i}@example.com>\r\nTo: ops@corp.example\r\nSubject: {tag} {i}\r\n"
+            f"Date: Mon, 4 May 2026 10:00:00 +0000\r\nMessage-ID: <{tag}-{i}@imap.test>\r\n\r\n"
+            f"body of {tag} {i}\r\n" + "x" * (i * 37 % 900) + "\r\n").encode()
+
+
+class Daemon:
+    def __init__(self, tmp, mailboxes, imap_extra=""):
+        self.tmp = tmp
+        self.config = os.path.join(tmp, "mailrail.toml")
+        self.stats_path = os.path.join(tmp, "stats.sock")
+        self.records_path = os.path.join(tmp, "data", "records.jsonl")
+        self.checkpoint_path = os.path.join(tmp, "data", "imap.checkpoint")
+        with open(self.config, "w") as f:
+            f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\n[stats]\nsocket = "{self.stats_path}"\n'
+                    f'[log]\nformat = "json"\n[wal]\nmax_linger_us = 1000\n'
+                    f'[imap]\nbackoff_base_ms = 50\nbackoff_max_ms = 400\n{imap_extra}\n')
+            for mb in mailboxes:
+                f.write("[[imap.mailbox]]\n")
+                for k, v in mb.items():
+                    f.write(f"{k} = {json.dumps(v)}\n")
+        self.log = []
+        self.start()
+
+    def start(self):
+        """Starts the daemon; events are read from its log in a thread (one queue per process)."""
+        self.events = queue.Queue()
+        self.proc = subprocess.Popen([BIN, "run", "--config", self.config], stderr=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._read, args=(self.proc, self.events), daemon=True)
+        self.reader.start()
+        self.http = self.wait_for("started")["http"]
+
+    def trigger_polling(self):
+        request = urllib.request.Request(f"http://{self.http}/polling/trigger", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+
+    def _read(self, proc, events):
+        for line in proc.stderr:
+            self.log.append(line)
+            try:
+                events.put(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        proc.stderr.close()
+        events.put(None)
+
+    def wait_for(self, event, timeout=30, **fields):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no '{event}' {fields} within {timeout} s: {''.join(self.log[-30:])}")
+            try:
+                record = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if record is None:
+                raise AssertionError(f"daemon exited before '{event}': {''.join(self.log[-30:])}")
+            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
+                return record
+
+    def stats(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(self.stats_path)
+        s.sendall(b"json\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        return json.loads(data)
+
+    def message_ids(self):
+        ids = []
+        try:
+            with open(self.records_path) as f:
+                for line in f:
+                    if line.endswith("\n"):
+                        ids.append(json.loads(line)["message_id"])
+        except FileNotFoundError:
+            pass
+        return ids
+
+    def wait_ids(self, expected, timeout=30):
+        """Waits until every expected id is in the sink; returns all ids seen."""
+        expected = set(expected)
+        try:
+            wait_until(lambda: expected <= set(self.message_ids()), timeout, f"{len(expected)} message ids in the sink")
+        except AssertionError as e:
+            missing = sorted(expected - set(self.message_ids()))
+            raise AssertionError(f"{e}; missing {missing[:10]}; outcomes {self.stats().get('messages_final')}; "
+                                 f"log: {''.join(self.log[-20:])}") from None
+        return self.message_ids()
+
+    def checkpoint(self):
+        out = {}
+        try:
+            with open(self.checkpoint_path) as f:
+                for line in f:
+                    if line.startswith("#"):
+                        continue
+                    validity, uid, key = line.rstrip("\n").split("\t")
+                    out[key] = (int(validity), int(uid))
+        except FileNotFoundError:
+            pass
+        return out
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=20)
+        self.reader.join(timeout=20)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=40)
+        return self.proc.returncode
+
+
+def ids(tag, n, start=0):
+    return [f"{tag}-{i}@imap.test" for i in range(start, start + n)]  # the record drops the <>
+
+
+class ImapDovecotTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="mailrail-imap-")
+        self.dovecot = None
+        self.daemon = None
+
+    def tearDown(self):
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            self.daemon.kill()
+        if self.dovecot is not None:
+            self.dovecot.stop()
+        if self.daemon is not None:
+            self.assertNotIn(PASSWORD, "".join(self.daemon.log), "the password leaked into the log")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def assert_once(self, all_ids, expected):
+        for i in expected:
+            self.assertEqual(all_ids.count(i), 1, f"{i} delivered {all_ids.count(i)} times")
+
+    def test_backfill_idle_restarts_and_uidvalidity(self):
+        dv = self.dovecot = Dovecot(self.tmp, ["alice"])
+        dv.start()
+        n = 40
+        dv.append("alice", "INBOX", [message("inbox", i) for i in range(n)])
+        # Older than the 6-month backfill window (internal date): must not be fetched.
+        dv.append("alice", "INBOX", [message("old", i) for i in range(3)], date=time.time() - 400 * 86400)
+        dv.append("alice", "Archive", [message("archive", i) for i in range(5)])
+        d = self.daemon = Daemon(self.tmp, [{
+            "name": "alice", "host": "127.0.0.1", "port": dv.port, "tls": "none", "user": "alice",
+            "password": PASSWORD, "folders": ["INBOX", "Archive"], "months": 6}],
+            imap_extra="fetch_batch = 7\npipeline_depth = 3")
+        expected = ids("inbox", n) + ids("archive", 5)
+
+        # Backfill: every message once, nothing older than the window, one FETCH per UID, pipelined.
+        got = d.wait_ids(expected)
+        d.wait_for("imap_idle", folder="INBOX")
+        self.assert_once(got, expected)
+        self.assertFalse(set(ids("old", 3)) & set(got), "messages outside the backfill window were fetched")
+        stats = d.stats()
+        self.assertEqual(stats["imap_messages"], n + 5)
+        self.assertEqual(stats["imap_fetch_commands"], 6 + 1)  # ceil(40 / 7) + ceil(5 / 7)
+
+        # New mail during IDLE.
+        dv.append("alice", "INBOX", [message("live", i) for i in range(3)])
+        self.assert_once(d.wait_ids(ids("live", 3)), ids("live", 3))
+        self.assertGreaterEqual(d.stats()["imap_idle_wakeups"], 1)
+
+        # Dovecot restarted under the daemon: it reconnects (with backoff) and nothing is missing.
+        dv.stop()
+        d.wait_for("imap_disconnected", folder="INBOX")
+        dv.start()
+        d.wait_for("imap_idle", folder="INBOX")
+        dv.append("alice", "INBOX", [message("after-restart", i) for i in range(3)])
+        expected += ids("live", 3) + ids("after-restart", 3)
+        self.assert_once(d.wait_ids(expected), expected)
+
+        # The checkpoint reaches the last durable UID (46 in INBOX: 40 + 3 old + 3 live ... the old
+        # ones were skipped by SEARCH but 'UID n:*' resumes after the highest fetched UID).
+        wait_until(lambda: d.checkpoint().get("alice/INBOX", (0, 0))[1] == n + 3 + 3 + 3, 10, "INBOX checkpoint")
+        wait_until(lambda: d.checkpoint().get("alice/Archive", (0, 0))[1] == 5, 10, "Archive checkpoint")
+
+        # SIGKILL, new mail while down, restart: only the new mail is fetched.
+        d.kill()
+        dv.append("alice", "INBOX", [message("while-down", i) for i in range(2)])
+        d.start()
+        caught_up = d.wait_for("imap_caught_up", folder="INBOX")
+        self.assertEqual(caught_up["fetched"], "2", "restart refetched more than the new mail")
+        expected += ids("while-down", 2)
+        self.assert_once(d.wait_ids(expected), expected)
+        self.assertEqual(d.stats()["imap_messages"], 2)
+
+        # UIDVALIDITY change (uidlist and indexes removed while Dovecot is down): full resync of
+        # the folder; dedup drops the repeats, so the sink still has each message once.
+        d.wait_for("imap_idle", folder="Archive")
+        dv.stop()
+        root = os.path.join(dv.dir, "mail", "alice")
+        for folder in (os.path.join(root, ".Archive"), root):  # the folder's uidlist and index, the list index
+            for name in os.listdir(folder):
+                if name.startswith("dovecot") and (folder != root or name.startswith("dovecot.list.index")):
+                    os.remove(os.path.join(folder, name))
+        dv.start()
+        d.wait_for("imap_uidvalidity_changed", folder="Archive")
+        d.wait_for("imap_caught_up", folder="Archive", fetched="5")
+        stats = wait_until(lambda: (s := d.stats())["messages_final"] and s, 10, "stats")
+        self.assertEqual(stats["imap_uidvalidity_resets"], 1)
+        wait_until(lambda: {x["outcome"]: x["value"] for x in d.stats()["messages_final"]}.get("duplicate", 0) >= 5,
+                   20, "the 5 resynced Archive messages to be counted as duplicates")
+        self.assert_once(d.message_ids(), expected)
+        self.assertEqual(d.stop(), 0)
+
+    def test_tls_starttls_plain_auth_and_connection_limit(self):
+        dv = self.dovecot = Dovecot(self.tmp, ["alice", "bob"], tls=True)
+        dv.start()
+        dv.append("alice", "INBOX", [message("alice", i) for i in range(10)])
+        for folder in ("INBOX", "Work", "Lists"):
+            dv.append("bob", folder, [message(f"bob-{folder}", i) for i in range(4)])
+        d = self.daemon = Daemon(self.tmp, [
+            {"name": "alice", "host": "127.0.0.1", "port": dv.tls_port, "tls": "implicit", "ca_file": dv.cert,
+             "user": "alice", "password": PASSWORD, "auth": "plain"},
+            # Three folders through one connection at a time: they take turns, polling with NOOP.
+            {"name": "bob", "host": "127.0.0.1", "port": dv.port, "tls": "starttls", "verify_peer": False,
+             "user": "bob", "password_file": self.write_secret(), "folders": ["INBOX", "Work", "Lists"],
+             "idle": False},
+            # The same server without its CA: the certificate must be refused.
+            {"name": "untrusted", "host": "127.0.0.1", "port": dv.tls_port, "tls": "implicit",
+             "user": "alice", "password": PASSWORD}],
+            imap_extra="max_connections_per_server = 1\npoll_interval_ms = 60000")
+        expected = ids("alice", 10)
+        for folder in ("INBOX", "Work", "Lists"):
+            expected += ids(f"bob-{folder}", 4)
+        self.assert_once(d.wait_ids(expected), expected)
+        # New mail in a folder that gave up its connection arrives when polling is triggered
+        # (the poll interval, 60 s, is longer than the wait).
+        dv.append("bob", "Work", [message("bob-late", 0)])
+        status, answer = d.trigger_polling()
+        self.assertEqual(status, 202)
+        self.assertGreaterEqual(answer["folders"], 2)
+        self.assert_once(d.wait_ids(ids("bob-late", 1), timeout=20), ids("bob-late", 1))
+        refused = d.wait_for("imap_disconnected", mailbox="untrusted")
+        self.assertEqual(refused["code"], "tls")
+        self.assertIn("certificate verify failed", refused["error"])
+        self.assertEqual(d.stop(), 0)
+        for line in d.log:
+            if '"imap_disconnected"' in line:
+                self.assertIn('"untrusted"', line, "a trusted mailbox lost its connection")
+        # The daemon's sessions were encrypted (implicit TLS and STARTTLS; the test's own APPENDs are not).
+        log = dv.log(full=True)
+        self.assertRegex(log, r"Login: user=<alice>, method=PLAIN, .*TLS")
+        self.assertRegex(log, r"Login: user=<bob>, method=PLAIN, .*TLS")
+
+    def test_wrong_password_is_retried_and_reported_without_secret(self):
+        dv = self.dovecot = Dovecot(self.tmp, ["alice"])
+        dv.start()
+        d = self.daemon = Daemon(self.tmp, [{"host": "127.0.0.1", "port": dv.port, "tls": "none", "user": "alice",
+                                             "password": PASSWORD + "-wrong"}])
+        first = d.wait_for("imap_disconnected")
+        self.assertEqual(first["code"], "imap_refused")
+        self.assertIn("login refused", first["error"])
+        d.wait_for("imap_disconnected")  # retried after the backoff
+        self.assertNotIn(PASSWORD + "-wrong", "".join(d.log))
+        self.assertEqual(d.stop(), 0)
+
+    def test_silent_and_garbling_servers_are_dropped_and_retried(self):
+        """Fault injection without Dovecot: a server that greets and then never answers (command
+        timeout), and one that answers LOGIN with bytes that are not IMAP (protocol error)."""
+        def serve(listener, reply):
+            listener.settimeout(30)
+            conns = []
+            try:
+                while True:
+                    conn, _ = listener.accept()
+                    conns.append(conn)
+                    conn.sendall(b"* OK fake server ready\r\n")
+                    if reply:
+                        conn.recv(4096)
+                        conn.sendall(reply)
+            except OSError:
+                pass
+            finally:
+                for c in conns:
+                    c.close()
+
+        listeners = []
+        for reply in (None, b"garbage without a tag\r\n"):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            listeners.append(listener)
+            threading.Thread(target=serve, args=(listener, reply), daemon=True).start()
+        d = self.daemon = Daemon(self.tmp, [
+            {"name": "silent", "host": "127.0.0.1", "port": listeners[0].getsockname()[1], "tls": "none",
+             "user": "u", "password": PASSWORD},
+            {"name": "garbling", "host": "127.0.0.1", "port": listeners[1].getsockname()[1], "tls": "none",
+             "user": "u", "password": PASSWORD}],
+            imap_extra="response_timeout_ms = 300")
+        timeout = d.wait_for("imap_disconnected", mailbox="silent")
+        self.assertEqual(timeout["code"], "timeout")
+        garbled = d.wait_for("imap_disconnected", mailbox="garbling")
+        self.assertEqual(garbled["code"], "imap_protocol")
+        d.wait_for("imap_disconnected", mailbox="silent")  # reconnected and timed out again
+        self.assertGreaterEqual(d.stats()["imap_connects"], 3)
+        self.assertEqual(d.stop(), 0)
+        for listener in listeners:
+            listener.close()
+
+    def test_bad_config_and_damaged_checkpoint_are_refused_at_start(self):
+        bad = os.path.join(self.tmp, "bad.toml")
+        with open(bad, "w") as f:
+            f.write('[imap]\nfetch_batch = 0\n'
+                    '[[imap.mailbox]]\nuser = "a"\npassword = "p1"\npassword_file = "f"\ntls = "ssl"\n'
+                    '[[imap.mailbox]]\nname = "a/b"\nhost = "h"\nuser = "b"\npassword = "p2"\nfolders = []\nbogus = 1\n')
+        out = subprocess.run([BIN, "run", "--config", bad], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        for expected in (f"{bad}:2: imap.fetch_batch: must be between 1 and 10000",
+                         f"{bad}:7: imap.mailbox[0].tls: must be one of none, implicit, starttls",
+                         "imap.mailbox[0].host: is required",
+                         "imap.mailbox[0].password: give exactly one of password and password_file",
+                         f"{bad}:13: imap.mailbox[1].folders: must be a non-empty array",
+                         "imap.mailbox[1].name: must not contain '/'",
+                         f"{bad}:14: imap.mailbox[1].bogus: unknown key"):
+            self.assertIn(expected, out.stderr)
+        self.assertNotIn("p1", out.stderr.replace("imap.", ""))
+
+        data = os.path.join(self.tmp, "data")
+        os.makedirs(data)
+        with open(os.path.join(data, "imap.checkpoint"), "w") as f:
+            f.write("# header\n17\tnot-a-uid\tmb/INBOX\n")
+        good = os.path.join(self.tmp, "good.toml")
+        with open(good, "w") as f:
+            f.write(f'data_dir = "{data}"\n[http]\nport = 0\n[stats]\nsocket = "{self.tmp}/stats.sock"\n'
+                    f'[[imap.mailbox]]\nname = "mb"\nhost = "127.0.0.1"\nport = 1\ntls = "none"\nuser = "u"\n'
+                    f'password = "p"\n')
+        out = subprocess.run([BIN, "run", "--config", good], capture_output=True, text=True, timeout=20)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn(f"{data}/imap.checkpoint:2: expected <uidvalidity> TAB <uid> TAB <mailbox>/<folder>", out.stderr)
+
+    def write_secret(self):
+        path = os.path.join(self.tmp, "bob.password")
+        with open(path, "w") as f:
+            f.write(PASSWORD + "\n")
+        return path
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        print("imap_dovecot_test: Dovecot's mail processes switch users: run as root")
+        sys.exit(1)
+    unittest.main(verbosity=2)
