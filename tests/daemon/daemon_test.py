@@ -114,6 +114,12 @@ def samples(stats, name, **labels):
     return [x["value"] for x in entry if all(x.get(k) == v for k, v in labels.items())]
 
 
+def write_rule_file(path, word, action="drop"):
+    """One subject-keyword rule `t.WORD` with `action`."""
+    with open(path, "w") as f:
+        f.write(f'[[rule]]\nid = "t.{word}"\nkind = "subject"\nkeywords = ["{word}"]\naction = "{action}"\n')
+
+
 def read_stats(path, fmt="json"):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
@@ -241,10 +247,7 @@ class DaemonTest(unittest.TestCase):
 
     def test_sighup_reloads_rules_and_keeps_the_old_ones_when_the_file_is_invalid(self):
         rules = os.path.join(self.tmp, "rules.toml")
-
-        def write_rules(word, action="drop"):
-            with open(rules, "w") as f:
-                f.write(f'[[rule]]\nid = "t.{word}"\nkind = "subject"\nkeywords = ["{word}"]\naction = "{action}"\n')
+        write_rules = lambda word, action="drop": write_rule_file(rules, word, action)
 
         write_rules("alpha")
         d = Daemon(self.tmp, '[filter]\nrules = "rules.toml"\n')  # relative to the config file
@@ -366,10 +369,7 @@ class DaemonTest(unittest.TestCase):
 
     def test_control_api_reloads_rules_and_answers_with_the_outcome(self):
         rules = os.path.join(self.tmp, "rules.toml")
-
-        def write_rules(word, action="drop"):
-            with open(rules, "w") as f:
-                f.write(f'[[rule]]\nid = "t.{word}"\nkind = "subject"\nkeywords = ["{word}"]\naction = "{action}"\n')
+        write_rules = lambda word, action="drop": write_rule_file(rules, word, action)
 
         write_rules("alpha")
         d = Daemon(self.tmp, '[filter]\nrules = "rules.toml"\n', http='bearer_token = "tok"\n')
