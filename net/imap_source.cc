@@ -1,15 +1,11 @@
 #include "net/imap_source.h"
 
-#include <fcntl.h>
 #include <netdb.h>
 #include <openssl/evp.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 
 #include <fmt/core.h>
@@ -142,12 +138,6 @@ ImapSource::ImapSource(EventLoop* loop, stages::MessagePool* pool, engine::Chann
 
 ImapSource::~ImapSource() {
   *alive_ = false;
-  {
-    std::lock_guard lock(checkpoint_mutex_);
-    checkpoint_stop_ = true;
-  }
-  checkpoint_cv_.notify_one();
-  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   for (auto& f : folders_) {
     if (f->conn != nullptr) f->conn->Abandon();
   }
@@ -199,7 +189,9 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
       s->folders_.push_back(std::move(f));
     }
   }
-  s->checkpoint_thread_ = std::thread([source = s.get()] { source->RunCheckpointWriter(); });
+  s->checkpoint_file_ = std::make_unique<CheckpointFile>(
+      s->config_.checkpoint_path, "imap.checkpoint", &s->stats_.checkpoint_writes,
+      [source = s.get()](const base::Error& error) { source->log_("imap_checkpoint_failed", {{"error", error.message}}); });
   return s;
 }
 
@@ -240,56 +232,9 @@ std::string ImapSource::CheckpointText() {
   return text;
 }
 
-base::Status ImapSource::WriteCheckpointFile(std::uint64_t seq, const std::string& text) {
-  std::lock_guard file_lock(checkpoint_file_mutex_);
-  // A text built before the one already written (the shutdown write overtook the thread's) would
-  // move the checkpoint back.
-  if (seq <= written_seq_) return base::OkStatus();
-  const std::string& path = config_.checkpoint_path;
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return base::MakeError("imap.checkpoint", "cannot write " + tmp + ": " + std::strerror(errno));
-  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fdatasync(fd) == 0;
-  ::close(fd);
-  if (!written || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return base::MakeError("imap.checkpoint", "cannot write " + path + ": " + std::strerror(errno));
-  }
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  const int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0 || ::fsync(dir_fd) != 0) {
-    if (dir_fd >= 0) ::close(dir_fd);
-    return base::MakeError("imap.checkpoint", "cannot sync directory of " + path + ": " + std::strerror(errno));
-  }
-  ::close(dir_fd);
-  written_seq_ = seq;
-  stats_.checkpoint_writes.Add();  // under checkpoint_file_mutex_: one writer at a time
-  return base::OkStatus();
-}
-
 base::Status ImapSource::WriteCheckpoint() {
-  std::string text = CheckpointText();
-  {
-    std::lock_guard lock(checkpoint_mutex_);
-    checkpoint_pending_.reset();  // older than `text`
-  }
   checkpoint_dirty_ = false;
-  return WriteCheckpointFile(++checkpoint_seq_, text);
-}
-
-void ImapSource::RunCheckpointWriter() {
-  std::unique_lock lock(checkpoint_mutex_);
-  for (;;) {
-    checkpoint_cv_.wait(lock, [this] { return checkpoint_stop_ || checkpoint_pending_.has_value(); });
-    if (checkpoint_stop_) return;
-    auto [seq, text] = std::move(*checkpoint_pending_);
-    checkpoint_pending_.reset();
-    lock.unlock();
-    if (auto status = WriteCheckpointFile(seq, text); !status) {
-      // The next acknowledgement schedules another write; until then a restart resumes earlier.
-      log_("imap_checkpoint_failed", {{"error", status.error().message}});
-    }
-    lock.lock();
-  }
+  return checkpoint_file_->WriteNow(CheckpointText());
 }
 
 void ImapSource::Start() {
@@ -702,12 +647,7 @@ void ImapSource::ScheduleCheckpoint() {
     checkpoint_armed_ = false;
     if (!checkpoint_dirty_) return;
     checkpoint_dirty_ = false;
-    // The fsyncs happen on the checkpoint thread: the loop never waits for the disk.
-    {
-      std::lock_guard lock(checkpoint_mutex_);
-      checkpoint_pending_.emplace(++checkpoint_seq_, CheckpointText());  // replaces an older one not yet written
-    }
-    checkpoint_cv_.notify_one();
+    checkpoint_file_->Submit(CheckpointText());  // fsynced on the file's thread, not here
   });
 }
 

@@ -38,7 +38,6 @@
 #include <sys/socket.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -47,11 +46,11 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "engine/channel.h"
+#include "net/checkpoint_file.h"
 #include "net/counter.h"
 #include "net/event_loop.h"
 #include "net/imap_connection.h"
@@ -162,9 +161,6 @@ class ImapSource final : public stages::DurableAckSink {
   void DrainAcks();
   void ScheduleCheckpoint();
   std::string CheckpointText();  // loop thread: the file's contents from the folders' state
-  // Any thread; serialised; skips a text older (lower seq) than the last one written.
-  base::Status WriteCheckpointFile(std::uint64_t seq, const std::string& text);
-  void RunCheckpointWriter();    // the checkpoint thread
   void Tick();
   bool CheckOk(Folder* f, const ImapResponse& done, std::string_view what);
 
@@ -186,17 +182,8 @@ class ImapSource final : public stages::DurableAckSink {
   bool shut_down_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
-  // The checkpoint thread writes what the loop hands it (latest text wins), so the loop never
-  // waits for fsync. checkpoint_mutex_ guards checkpoint_pending_ and checkpoint_stop_;
-  // checkpoint_file_mutex_ serialises writes of the file (checkpoint thread and WriteCheckpoint).
-  std::thread checkpoint_thread_;
-  std::mutex checkpoint_mutex_;
-  std::condition_variable checkpoint_cv_;
-  std::optional<std::pair<std::uint64_t, std::string>> checkpoint_pending_;  // (seq, text)
-  bool checkpoint_stop_ = false;
-  std::uint64_t checkpoint_seq_ = 0;  // loop thread: sequence of the last text built
-  std::mutex checkpoint_file_mutex_;
-  std::uint64_t written_seq_ = 0;     // guarded by checkpoint_file_mutex_
+  // Written by its own thread from texts the loop builds (the loop never waits for fsync).
+  std::unique_ptr<CheckpointFile> checkpoint_file_;
 
   std::mutex acks_mutex_;
   std::vector<stages::DurableAck> acks_;           // guarded by acks_mutex_

@@ -11,9 +11,7 @@ Dovecot and the daemon are stopped by PID. Every wait polls for an event with a 
 """
 import json
 import os
-import queue
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +19,11 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
-from dovecot import PASSWORD, Dovecot, wait_until  # PASSWORD must never show up in the daemon's output
+from dovecot import PASSWORD, Dovecot  # PASSWORD must never show up in the daemon's output
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from mailrail_daemon import MailrailDaemon, wait_until  # noqa: E402
 
 BIN = sys.argv.pop(1)
 
@@ -34,12 +34,11 @@ def message(tag, i):
             f"body of {tag} {i}\r\n" + "x" * (i * 37 % 900) + "\r\n").encode()
 
 
-class Daemon:
+class Daemon(MailrailDaemon):
     def __init__(self, tmp, mailboxes, imap_extra=""):
+        super().__init__(BIN, os.path.join(tmp, "mailrail.toml"), os.path.join(tmp, "stats.sock"),
+                         os.path.join(tmp, "data", "records.jsonl"))
         self.tmp = tmp
-        self.config = os.path.join(tmp, "mailrail.toml")
-        self.stats_path = os.path.join(tmp, "stats.sock")
-        self.records_path = os.path.join(tmp, "data", "records.jsonl")
         self.checkpoint_path = os.path.join(tmp, "data", "imap.checkpoint")
         with open(self.config, "w") as f:
             f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\n[stats]\nsocket = "{self.stats_path}"\n'
@@ -49,79 +48,7 @@ class Daemon:
                 f.write("[[imap.mailbox]]\n")
                 for k, v in mb.items():
                     f.write(f"{k} = {json.dumps(v)}\n")
-        self.log = []
         self.start()
-
-    def start(self):
-        """Starts the daemon; events are read from its log in a thread (one queue per process)."""
-        self.events = queue.Queue()
-        self.proc = subprocess.Popen([BIN, "run", "--config", self.config], stderr=subprocess.PIPE, text=True)
-        self.reader = threading.Thread(target=self._read, args=(self.proc, self.events), daemon=True)
-        self.reader.start()
-        self.http = self.wait_for("started")["http"]
-
-    def trigger_polling(self):
-        request = urllib.request.Request(f"http://{self.http}/polling/trigger", data=b"", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, json.loads(r.read())
-
-    def _read(self, proc, events):
-        for line in proc.stderr:
-            self.log.append(line)
-            try:
-                events.put(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-        proc.stderr.close()
-        events.put(None)
-
-    def wait_for(self, event, timeout=30, **fields):
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no '{event}' {fields} within {timeout} s: {''.join(self.log[-30:])}")
-            try:
-                record = self.events.get(timeout=left)
-            except queue.Empty:
-                continue
-            if record is None:
-                raise AssertionError(f"daemon exited before '{event}': {''.join(self.log[-30:])}")
-            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
-                return record
-
-    def stats(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(self.stats_path)
-        s.sendall(b"json\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        s.close()
-        return json.loads(data)
-
-    def message_ids(self):
-        ids = []
-        try:
-            with open(self.records_path) as f:
-                for line in f:
-                    if line.endswith("\n"):
-                        ids.append(json.loads(line)["message_id"])
-        except FileNotFoundError:
-            pass
-        return ids
-
-    def wait_ids(self, expected, timeout=30):
-        """Waits until every expected id is in the sink; returns all ids seen."""
-        expected = set(expected)
-        try:
-            wait_until(lambda: expected <= set(self.message_ids()), timeout, f"{len(expected)} message ids in the sink")
-        except AssertionError as e:
-            missing = sorted(expected - set(self.message_ids()))
-            raise AssertionError(f"{e}; missing {missing[:10]}; outcomes {self.stats().get('messages_final')}; "
-                                 f"log: {''.join(self.log[-20:])}") from None
-        return self.message_ids()
 
     def checkpoint(self):
         out = {}
@@ -135,17 +62,6 @@ class Daemon:
         except FileNotFoundError:
             pass
         return out
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(timeout=20)
-        self.reader.join(timeout=20)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=40)
-        return self.proc.returncode
 
 
 def ids(tag, n, start=0):
