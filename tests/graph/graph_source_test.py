@@ -203,7 +203,6 @@ class GraphSourceTest(unittest.TestCase):
         for r in d.records():
             lsns.setdefault(r["message_id"], set()).add(r["lsn"])
         self.assertEqual({i: v for i, v in lsns.items() if len(v) > 1}, {}, "a message passed dedup twice")
-        wait_until(lambda: d.outcomes().get("duplicate", 0) >= 1, 20, "the refetched messages counted as duplicates")
         # The restart resumed from the stored link (not from scratch) and refetched less than all.
         first_delta = next(e for e in g.log[start:] if e["kind"] == "delta")
         self.assertIn("$skiptoken=", first_delta["path"])
