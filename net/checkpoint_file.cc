@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "engine/base/check.h"
+
 namespace mailrail::net {
 
 CheckpointFile::CheckpointFile(std::string path, std::string error_code, Counter* writes, ErrorCallback on_error)
@@ -18,12 +20,35 @@ CheckpointFile::CheckpointFile(std::string path, std::string error_code, Counter
       thread_([this] { Run(); }) {}
 
 CheckpointFile::~CheckpointFile() {
+  *alive_ = false;
   {
     std::lock_guard lock(mutex_);
     stop_ = true;
   }
   wake_.notify_one();
   thread_.join();
+}
+
+void CheckpointFile::SetDeferred(EventLoop* loop, std::chrono::milliseconds interval,
+                                 std::function<std::string()> text) {
+  loop_ = loop;
+  interval_ = interval;
+  text_ = std::move(text);
+}
+
+void CheckpointFile::MarkDirty() {
+  MR_CHECK(loop_ != nullptr) << "CheckpointFile::MarkDirty without SetDeferred: " << path_;
+  dirty_ = true;
+  if (armed_) return;
+  armed_ = true;
+  std::weak_ptr<bool> alive = alive_;
+  loop_->RunAfter(interval_, [this, alive] {
+    if (alive.expired()) return;
+    armed_ = false;
+    if (!dirty_) return;  // WriteNow came first
+    dirty_ = false;
+    Submit(text_());  // fsynced on the file's thread, not here
+  });
 }
 
 void CheckpointFile::Submit(std::string text) {
@@ -35,6 +60,7 @@ void CheckpointFile::Submit(std::string text) {
 }
 
 base::Status CheckpointFile::WriteNow(std::string text) {
+  dirty_ = false;
   {
     std::lock_guard lock(mutex_);
     pending_.reset();  // older than `text`

@@ -120,7 +120,13 @@ struct GraphSource::Folder {
 
 GraphSource::GraphSource(EventLoop* loop, stages::MessagePool* pool, engine::Channel<stages::Message*>* channel,
                          GraphSourceConfig config, GraphLog log)
-    : loop_(loop), pool_(pool), channel_(channel), config_(std::move(config)), log_(std::move(log)) {}
+    : loop_(loop),
+      pool_(pool),
+      channel_(channel),
+      config_(std::move(config)),
+      log_(std::move(log)),
+      outlet_(loop, channel, [this] { PushReady(); },
+              [this](std::span<const stages::DurableAck> acks) { ApplyAcks(acks); }) {}
 
 GraphSource::~GraphSource() { *alive_ = false; }
 
@@ -177,6 +183,7 @@ base::Result<std::unique_ptr<GraphSource>> GraphSource::Create(EventLoop* loop, 
   s->checkpoint_file_ = std::make_unique<CheckpointFile>(
       c.checkpoint_path, "graph.checkpoint", &s->stats_.checkpoint_writes,
       [source = s.get()](const base::Error& error) { source->log_("graph_checkpoint_failed", {{"error", error.message}}); });
+  s->checkpoint_file_->SetDeferred(loop, c.checkpoint_interval, [source = s.get()] { return source->CheckpointText(); });
   return s;
 }
 
@@ -208,28 +215,11 @@ std::string GraphSource::CheckpointText() const {
 }
 
 base::Status GraphSource::WriteCheckpoint() {
-  checkpoint_dirty_ = false;
   return checkpoint_file_->WriteNow(CheckpointText());
 }
 
-void GraphSource::ScheduleCheckpoint() {
-  checkpoint_dirty_ = true;
-  if (checkpoint_armed_) return;
-  checkpoint_armed_ = true;
-  std::weak_ptr<bool> alive = alive_;
-  loop_->RunAfter(config_.checkpoint_interval, [this, alive] {
-    if (alive.expired()) return;
-    checkpoint_armed_ = false;
-    if (!checkpoint_dirty_) return;
-    checkpoint_dirty_ = false;
-    checkpoint_file_->Submit(CheckpointText());  // fsynced on the file's thread, not here
-  });
-}
-
 void GraphSource::Start() {
-  loop_->AddBatchEndHook([this] {
-    if (!held_.empty()) PushHeld();
-  });
+  outlet_.Install();  // messages filled during one loop iteration enter the ring with one push
   RequestToken();
   for (auto& f : folders_) StartRound(f.get());
 }
@@ -246,7 +236,7 @@ void GraphSource::Shutdown() {
 }
 
 std::size_t GraphSource::in_flight() const {
-  std::size_t n = held_.size();
+  std::size_t n = 0;  // held messages are in the folders' in_flight already
   for (const auto& f : folders_) n += f->in_flight.size();
   return n;
 }
@@ -605,7 +595,7 @@ void GraphSource::RestartFolder(Folder* f, std::string_view reason) {
   f->caught_up = false;
   f->round_active = true;
   f->round_reached_delta = false;
-  ScheduleCheckpoint();
+  checkpoint_file_->MarkDirty();
   UpdateCaughtUp(f->mailbox);
   RequestPage(f);
 }
@@ -637,7 +627,7 @@ void GraphSource::PushReady() {
         f->ready.pop_front();
         continue;
       }
-      if (channel_->capacity() - channel_->size_approx() <= held_.size()) {
+      if (!outlet_.has_room()) {
         blocked = true;
         break;
       }
@@ -656,7 +646,7 @@ void GraphSource::PushReady() {
       m->ack_sink = this;
       m->ack_token = ((f->index + 1) << kFolderShift) | f->next_seq++;
       f->in_flight.push_back({m->ack_token, r.page_seq});
-      held_.push_back(m);
+      outlet_.Hold(m);
       stats_.messages.Add();
       stats_.bytes.Add(m->raw.size());
       ++f->mailbox->progress.messages_pushed;
@@ -664,50 +654,13 @@ void GraphSource::PushReady() {
     }
     Settle(f);
   }
-  if (blocked && !push_retry_armed_) {
-    push_retry_armed_ = true;
-    std::weak_ptr<bool> alive = alive_;
-    loop_->RunAfter(std::chrono::milliseconds(1), [this, alive] {
-      if (alive.expired()) return;
-      push_retry_armed_ = false;
-      PushReady();
-    });
-  }
+  if (blocked) outlet_.RetrySoon();
 }
 
-void GraphSource::PushHeld() {
-  const std::size_t pushed = channel_->PushBatch(std::span<stages::Message* const>(held_));
-  held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(pushed));
-  if (!held_.empty() && !push_retry_armed_) {
-    push_retry_armed_ = true;
-    std::weak_ptr<bool> alive = alive_;
-    loop_->RunAfter(std::chrono::milliseconds(1), [this, alive] {
-      if (alive.expired()) return;
-      push_retry_armed_ = false;
-      PushReady();  // pushes held_ too, at the end of this iteration
-    });
-  }
-}
+void GraphSource::OnDurable(std::span<const stages::DurableAck> acks) { outlet_.OnDurable(acks); }
 
-void GraphSource::OnDurable(std::span<const stages::DurableAck> acks) {
-  bool was_empty;
-  {
-    std::lock_guard lock(acks_mutex_);
-    was_empty = acks_.empty();
-    acks_.insert(acks_.end(), acks.begin(), acks.end());
-  }
-  std::weak_ptr<bool> alive = alive_;
-  if (was_empty) loop_->Post([this, alive] {
-    if (!alive.expired()) DrainAcks();
-  });
-}
-
-void GraphSource::DrainAcks() {
-  {
-    std::lock_guard lock(acks_mutex_);
-    draining_acks_.swap(acks_);
-  }
-  for (const stages::DurableAck& ack : draining_acks_) {
+void GraphSource::ApplyAcks(std::span<const stages::DurableAck> acks) {
+  for (const stages::DurableAck& ack : acks) {
     const std::uint64_t index = (ack.token >> kFolderShift) - 1;
     MR_CHECK(index < folders_.size()) << "Graph durable ack for unknown token " << ack.token;
     Folder* f = folders_[index].get();
@@ -722,7 +675,6 @@ void GraphSource::DrainAcks() {
     ++f->mailbox->progress.messages_durable;
     Settle(f);
   }
-  draining_acks_.clear();
 }
 
 void GraphSource::Settle(Folder* f) {
@@ -742,7 +694,7 @@ void GraphSource::Settle(Folder* f) {
     f->pages.pop_front();
   }
   if (settled) {
-    ScheduleCheckpoint();
+    checkpoint_file_->MarkDirty();
     RequestPage(f);  // room for another page ahead
   }
 }

@@ -36,8 +36,8 @@
 //
 // Threading: Create on any thread; Start, Shutdown, WriteCheckpoint, in_flight, the control
 //   methods (HasMailbox, StartBackfill, SyncNow, Progress) and the notification hooks on the loop
-//   thread; OnDurable on the WAL thread (appends under acks_mutex_ and posts one drain task when the
-//   queue was empty, like IngestHandler); stats() from any thread (relaxed counters).
+//   thread; OnDurable on the WAL thread (SourceOutlet queues the acks and applies them on the loop
+//   thread); stats() from any thread (relaxed counters).
 // Ownership: pool, channel and loop outlive the source, and the source outlives every message it
 //   pushed (the WAL calls OnDurable on it). Destroy it after the loop stopped.
 
@@ -61,6 +61,7 @@
 #include "net/graph_api.h"
 #include "net/http_client.h"
 #include "net/ingest_handler.h"
+#include "net/source_outlet.h"
 #include "stages/message.h"
 
 namespace mailrail::net {
@@ -195,12 +196,10 @@ class GraphSource final : public stages::DurableAckSink, public GraphNotificatio
   void FetchItem(Folder* f, Page* page, std::size_t index);
   void Release(Folder* f);  // moves fetched items, in page order, to the push queue
   void PushReady();
-  void PushHeld();
-  void DrainAcks();
+  void ApplyAcks(std::span<const stages::DurableAck> acks);
   void Settle(Folder* f);
   void RoundDone(Folder* f);
   void UpdateCaughtUp(Mailbox* mb);
-  void ScheduleCheckpoint();
   std::string CheckpointText() const;
   std::string InitialDeltaTarget(const Folder* f) const;
   std::string MessageTarget(const Folder* f, std::string_view id, std::string_view suffix) const;
@@ -225,17 +224,10 @@ class GraphSource final : public stages::DurableAckSink, public GraphNotificatio
   unsigned token_failures_ = 0;
   std::minstd_rand jitter_{std::random_device{}()};
 
-  std::vector<stages::Message*> held_;  // filled, pushed at the end of the loop iteration
-  bool push_retry_armed_ = false;
-  bool checkpoint_armed_ = false;
-  bool checkpoint_dirty_ = false;
   bool shut_down_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::unique_ptr<CheckpointFile> checkpoint_file_;
-
-  std::mutex acks_mutex_;
-  std::vector<stages::DurableAck> acks_;           // guarded by acks_mutex_
-  std::vector<stages::DurableAck> draining_acks_;  // loop thread
+  SourceOutlet outlet_;
 };
 
 }  // namespace mailrail::net

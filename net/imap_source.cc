@@ -134,7 +134,13 @@ struct ImapSource::Folder final : ImapConnection::Listener {
 
 ImapSource::ImapSource(EventLoop* loop, stages::MessagePool* pool, engine::Channel<stages::Message*>* channel,
                        ImapSourceConfig config, ImapLog log)
-    : loop_(loop), pool_(pool), channel_(channel), config_(std::move(config)), log_(std::move(log)) {}
+    : loop_(loop),
+      pool_(pool),
+      channel_(channel),
+      config_(std::move(config)),
+      log_(std::move(log)),
+      outlet_(loop, channel, [this] { PushReady(); },
+              [this](std::span<const stages::DurableAck> acks) { ApplyAcks(acks); }) {}
 
 ImapSource::~ImapSource() {
   *alive_ = false;
@@ -192,6 +198,7 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
   s->checkpoint_file_ = std::make_unique<CheckpointFile>(
       s->config_.checkpoint_path, "imap.checkpoint", &s->stats_.checkpoint_writes,
       [source = s.get()](const base::Error& error) { source->log_("imap_checkpoint_failed", {{"error", error.message}}); });
+  s->checkpoint_file_->SetDeferred(loop, s->config_.checkpoint_interval, [source = s.get()] { return source->CheckpointText(); });
   return s;
 }
 
@@ -233,15 +240,11 @@ std::string ImapSource::CheckpointText() {
 }
 
 base::Status ImapSource::WriteCheckpoint() {
-  checkpoint_dirty_ = false;
   return checkpoint_file_->WriteNow(CheckpointText());
 }
 
 void ImapSource::Start() {
-  // Messages filled during one loop iteration enter the ring with one push.
-  loop_->AddBatchEndHook([this] {
-    if (!held_.empty()) PushHeld();
-  });
+  outlet_.Install();  // messages filled during one loop iteration enter the ring with one push
   for (auto& f : folders_) RequestSlot(f.get());
   Tick();
 }
@@ -541,7 +544,7 @@ void ImapSource::PushReady() {
         f->ready.pop_front();
         continue;
       }
-      if (channel_->capacity() - channel_->size_approx() <= held_.size()) {
+      if (!outlet_.has_room()) {
         blocked = true;
         break;
       }
@@ -560,70 +563,34 @@ void ImapSource::PushReady() {
       m->ack_sink = this;
       m->ack_token = ((f->index + 1) << kFolderShift) | f->next_seq++;
       f->in_flight.push_back({m->ack_token, r.validity, r.uid, false});
-      held_.push_back(m);
+      outlet_.Hold(m);
       stats_.messages.Add();
       stats_.bytes.Add(m->raw.size());
       f->ready.pop_front();
     }
     Settle(f);
   }
-  if (blocked && !push_retry_armed_) {
-    push_retry_armed_ = true;
-    std::weak_ptr<bool> alive = alive_;
-    loop_->RunAfter(std::chrono::milliseconds(1), [this, alive] {
-      if (alive.expired()) return;
-      push_retry_armed_ = false;
-      PushReady();
-    });
-  }
+  if (blocked) outlet_.RetrySoon();
   for (auto& f : folders_) {
     if (f->phase == Phase::kFetch) FetchMore(f.get());
   }
 }
 
-void ImapSource::PushHeld() {
-  const std::size_t pushed = channel_->PushBatch(std::span<stages::Message* const>(held_));
-  held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(pushed));
-  if (!held_.empty() && !push_retry_armed_) {
-    push_retry_armed_ = true;
-    std::weak_ptr<bool> alive = alive_;
-    loop_->RunAfter(std::chrono::milliseconds(1), [this, alive] {
-      if (alive.expired()) return;
-      push_retry_armed_ = false;
-      PushReady();  // pushes held_ too, at the end of this iteration
-    });
-  }
-}
-
-void ImapSource::OnDurable(std::span<const stages::DurableAck> acks) {
-  bool was_empty;
-  {
-    std::lock_guard lock(acks_mutex_);
-    was_empty = acks_.empty();
-    acks_.insert(acks_.end(), acks.begin(), acks.end());
-  }
-  std::weak_ptr<bool> alive = alive_;
-  if (was_empty) loop_->Post([this, alive] {
-    if (!alive.expired()) DrainAcks();
-  });
-}
+void ImapSource::OnDurable(std::span<const stages::DurableAck> acks) { outlet_.OnDurable(acks); }
 
 void ImapSource::Settle(Folder* f) {
+  bool moved = false;
   while (!f->in_flight.empty() && f->in_flight.front().settled) {
     f->durable_validity = f->in_flight.front().validity;
     f->durable_uid = f->in_flight.front().uid;
     f->in_flight.pop_front();
-    checkpoint_dirty_ = true;
+    moved = true;
   }
-  if (checkpoint_dirty_) ScheduleCheckpoint();
+  if (moved) checkpoint_file_->MarkDirty();
 }
 
-void ImapSource::DrainAcks() {
-  {
-    std::lock_guard lock(acks_mutex_);
-    draining_acks_.swap(acks_);
-  }
-  for (const stages::DurableAck& ack : draining_acks_) {
+void ImapSource::ApplyAcks(std::span<const stages::DurableAck> acks) {
+  for (const stages::DurableAck& ack : acks) {
     const std::uint64_t index = (ack.token >> kFolderShift) - 1;
     MR_CHECK(index < folders_.size()) << "IMAP durable ack for unknown token " << ack.token;
     Folder* f = folders_[index].get();
@@ -635,20 +602,6 @@ void ImapSource::DrainAcks() {
     stats_.durable.Add();
     Settle(f);
   }
-  draining_acks_.clear();
-}
-
-void ImapSource::ScheduleCheckpoint() {
-  if (checkpoint_armed_) return;
-  checkpoint_armed_ = true;
-  std::weak_ptr<bool> alive = alive_;
-  loop_->RunAfter(config_.checkpoint_interval, [this, alive] {
-    if (alive.expired()) return;
-    checkpoint_armed_ = false;
-    if (!checkpoint_dirty_) return;
-    checkpoint_dirty_ = false;
-    checkpoint_file_->Submit(CheckpointText());  // fsynced on the file's thread, not here
-  });
 }
 
 void ImapSource::Tick() {

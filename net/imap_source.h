@@ -30,8 +30,8 @@
 //
 // Threading: Start, Shutdown, WriteCheckpoint, in_flight, PollNow and the callbacks on the loop
 //   thread; the checkpoint thread only writes texts the loop built (and may call the log);
-//   OnDurable on the WAL thread (appends under acks_mutex_ and posts one drain task when the
-//   queue was empty, like IngestHandler); stats() from any thread (relaxed counters).
+//   OnDurable on the WAL thread (SourceOutlet queues the acks and applies them on the loop
+//   thread); stats() from any thread (relaxed counters).
 // Ownership: pool, channel and loop outlive the source, and the source outlives every message it
 //   pushed (the WAL calls OnDurable on it).
 
@@ -54,6 +54,7 @@
 #include "net/counter.h"
 #include "net/event_loop.h"
 #include "net/imap_connection.h"
+#include "net/source_outlet.h"
 #include "stages/message.h"
 
 namespace mailrail::net {
@@ -156,10 +157,8 @@ class ImapSource final : public stages::DurableAckSink {
   void Poll(Folder* f);  // NOOP, then search
   void StartIdle(Folder* f);
   void PushReady();
-  void PushHeld();
   void Settle(Folder* f);  // advances the checkpoint over acknowledged and skipped messages
-  void DrainAcks();
-  void ScheduleCheckpoint();
+  void ApplyAcks(std::span<const stages::DurableAck> acks);
   std::string CheckpointText();  // loop thread: the file's contents from the folders' state
   void Tick();
   bool CheckOk(Folder* f, const ImapResponse& done, std::string_view what);
@@ -175,19 +174,12 @@ class ImapSource final : public stages::DurableAckSink {
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> loaded_checkpoint_;  // id -> (validity, uid)
   std::string checkpoint_error_;
 
-  std::vector<stages::Message*> held_;  // filled, pushed at the end of the loop iteration
-  bool push_retry_armed_ = false;
-  bool checkpoint_armed_ = false;
-  bool checkpoint_dirty_ = false;
   bool shut_down_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
   // Written by its own thread from texts the loop builds (the loop never waits for fsync).
   std::unique_ptr<CheckpointFile> checkpoint_file_;
-
-  std::mutex acks_mutex_;
-  std::vector<stages::DurableAck> acks_;           // guarded by acks_mutex_
-  std::vector<stages::DurableAck> draining_acks_;  // loop thread
+  SourceOutlet outlet_;
 };
 
 }  // namespace mailrail::net

@@ -8,9 +8,9 @@ double's request log (concurrency and Retry-After kept). Every wait is bounded.
 
     graph_source_test.py MAILRAIL_BIN CORPUS_DIR
 """
-import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +20,7 @@ from graph_double import (CLIENT_ID, CLIENT_SECRET, GraphDouble, change_notifica
                           post_notifications)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
-from mailrail_daemon import MailrailDaemon, wait_until  # noqa: E402
+from mailrail_daemon import MailrailDaemon, wait_until, write_config  # noqa: E402
 
 BIN = sys.argv.pop(1)
 CORPUS = sys.argv.pop(1)
@@ -35,16 +35,10 @@ class Daemon(MailrailDaemon):
         secret_file = os.path.join(tmp, "graph.secret")
         with open(secret_file, "w") as f:
             f.write(CLIENT_SECRET + "\n")
-        with open(self.config, "w") as f:
-            f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\ngraph_client_state = "{CLIENT_STATE}"\n'
-                    f'[stats]\nsocket = "{self.stats_path}"\n[log]\nformat = "json"\n[wal]\nmax_linger_us = 1000\n'
-                    f'[graph]\nbase_url = "{double.base_url}"\ntoken_url = "{double.token_url}"\n'
-                    f'client_id = "{CLIENT_ID}"\nclient_secret_file = "{secret_file}"\n'
-                    f'backoff_base_ms = 50\nbackoff_max_ms = 400\n{graph_extra}\n')
-            for mb in mailboxes:
-                f.write("[[graph.mailbox]]\n")
-                for k, v in mb.items():
-                    f.write(f"{k} = {json.dumps(v)}\n")
+        write_config(self.config, tmp, self.stats_path, f'[http]\nport = 0\ngraph_client_state = "{CLIENT_STATE}"',
+                     "graph", f'base_url = "{double.base_url}"\ntoken_url = "{double.token_url}"\n'
+                     f'client_id = "{CLIENT_ID}"\nclient_secret_file = "{secret_file}"\n'
+                     f'backoff_base_ms = 50\nbackoff_max_ms = 400\n{graph_extra}', mailboxes)
         self.start()
 
     def checkpoint(self):
@@ -217,7 +211,6 @@ class GraphSourceTest(unittest.TestCase):
         with open(bad, "w") as f:
             f.write(f'data_dir = "{self.tmp}/data"\n[graph]\nclient_id = "x"\nclient_secret = "{CLIENT_SECRET}"\n'
                     f'tenant = "t"\npage_sise = 5\n[[graph.mailbox]]\nfolders = []\n')
-        import subprocess
         out = subprocess.run([BIN, "run", "--config", bad], capture_output=True, text=True, timeout=20)
         self.assertEqual(out.returncode, 2, out.stderr)
         self.assertIn(f"{bad}:6: graph.page_sise: unknown key", out.stderr)

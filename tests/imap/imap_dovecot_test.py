@@ -9,7 +9,6 @@ Dovecot and the daemon are stopped by PID. Every wait polls for an event with a 
 
     imap_dovecot_test.py MAILRAIL_BIN
 """
-import json
 import os
 import shutil
 import socket
@@ -23,7 +22,7 @@ import unittest
 from dovecot import PASSWORD, Dovecot  # PASSWORD must never show up in the daemon's output
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
-from mailrail_daemon import MailrailDaemon, wait_until  # noqa: E402
+from mailrail_daemon import MailrailDaemon, wait_until, write_config  # noqa: E402
 
 BIN = sys.argv.pop(1)
 
@@ -40,14 +39,8 @@ class Daemon(MailrailDaemon):
                          os.path.join(tmp, "data", "records.jsonl"))
         self.tmp = tmp
         self.checkpoint_path = os.path.join(tmp, "data", "imap.checkpoint")
-        with open(self.config, "w") as f:
-            f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\n[stats]\nsocket = "{self.stats_path}"\n'
-                    f'[log]\nformat = "json"\n[wal]\nmax_linger_us = 1000\n'
-                    f'[imap]\nbackoff_base_ms = 50\nbackoff_max_ms = 400\n{imap_extra}\n')
-            for mb in mailboxes:
-                f.write("[[imap.mailbox]]\n")
-                for k, v in mb.items():
-                    f.write(f"{k} = {json.dumps(v)}\n")
+        write_config(self.config, tmp, self.stats_path, "[http]\nport = 0", "imap",
+                     f"backoff_base_ms = 50\nbackoff_max_ms = 400\n{imap_extra}", mailboxes)
         self.start()
 
     def checkpoint(self):

@@ -12,6 +12,19 @@ import time
 import urllib.request
 
 
+def write_config(path, tmp, stats_path, head, section, section_text, mailboxes):
+    """A daemon config for the tests: data in tmp/data, HTTP on a free port, JSON log, a 1 ms WAL
+    linger, `head` (more top-level tables), then [section] with `section_text` and one
+    [[section.mailbox]] table per dict of `mailboxes`."""
+    with open(path, "w") as f:
+        f.write(f'data_dir = "{tmp}/data"\n[stats]\nsocket = "{stats_path}"\n[log]\nformat = "json"\n'
+                f'[wal]\nmax_linger_us = 1000\n{head}\n[{section}]\n{section_text}\n')
+        for mb in mailboxes:
+            f.write(f"[[{section}.mailbox]]\n")
+            for k, v in mb.items():
+                f.write(f"{k} = {json.dumps(v)}\n")
+
+
 def wait_until(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
