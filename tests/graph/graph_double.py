@@ -25,6 +25,7 @@ Run as a script for the benchmark: graph_double.py --messages N [--mailboxes M] 
 """
 import argparse
 import base64
+import collections
 import copy
 import datetime
 import email.utils
@@ -116,7 +117,7 @@ class GraphDouble:
         self.sync_tokens = {}  # token -> state
         self.tokens = {}       # access token -> expiry (monotonic)
         self.in_flight = {}    # user -> requests being served
-        self.recent = {}       # user -> arrival times within the rate window
+        self.recent = {}       # user -> deque of arrival times within the rate window
         self.faults = {}       # user -> [(status, retry_after)]
         self.log = []          # dicts: user, kind, start, end, status, retry_after, path
         self.violations = {"concurrency": 0, "rate": 0}
@@ -241,9 +242,11 @@ class GraphDouble:
             self.log.append(entry)
             active = self.in_flight.get(user, 0)
             self.in_flight[user] = active + 1
-            recent = [t for t in self.recent.get(user, []) if t > start - self.rate_window]
+            recent = self.recent.setdefault(user, collections.deque())
+            while recent and recent[0] <= start - self.rate_window:
+                recent.popleft()
             recent.append(start)
-            self.recent[user] = recent
+            over_rate = len(recent) > self.rate
             fault = self.faults[user].pop(0) if self.faults.get(user) else None
             expiry = self.tokens.get(h.headers.get("Authorization", "")[len("Bearer "):])
         try:
@@ -257,7 +260,7 @@ class GraphDouble:
                     self.violations["concurrency"] += 1
                 status, entry["retry_after"] = 429, 1
                 self.error(h, 429, "ApplicationThrottled", "MailboxConcurrency limit exceeded", [("Retry-After", "1")])
-            elif len(recent) > self.rate:
+            elif over_rate:
                 with self.lock:
                     self.violations["rate"] += 1
                 status, entry["retry_after"] = 429, 1
