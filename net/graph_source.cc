@@ -678,13 +678,15 @@ void GraphSource::ApplyAcks(std::span<const stages::DurableAck> acks) {
 }
 
 void GraphSource::Settle(Folder* f) {
-  bool settled = false;
+  bool moved = false;
+  bool popped = false;
   while (!f->pages.empty() && f->pages.front().released == f->pages.front().items.size() &&
          f->pages.front().unsettled == 0) {
     Page& p = f->pages.front();
+    popped = true;
     if (p.epoch == f->epoch) {  // pages of an abandoned round never move the checkpoint
       f->durable_link = std::move(p.after_link);
-      settled = true;
+      moved = true;
       if (p.is_delta_link) {  // the last page of the round
         f->pages.pop_front();
         RoundDone(f);
@@ -693,10 +695,8 @@ void GraphSource::Settle(Folder* f) {
     }
     f->pages.pop_front();
   }
-  if (settled) {
-    checkpoint_file_->MarkDirty();
-    RequestPage(f);  // room for another page ahead
-  }
+  if (moved) checkpoint_file_->MarkDirty();
+  if (popped) RequestPage(f);  // room for another page ahead
 }
 
 void GraphSource::RoundDone(Folder* f) {

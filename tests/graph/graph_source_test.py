@@ -115,6 +115,14 @@ class GraphSourceTest(unittest.TestCase):
         wait_until(lambda: all("$deltatoken=" in d.checkpoint().get(k, "")
                                for k in ("alice/inbox", "alice/archive", "bob/inbox")), 10, "delta links in the checkpoint")
         self.assert_limits_kept(["alice", "bob@corp.example"])
+        # POST /polling/trigger: an incremental round in every folder; nothing new, nothing fetched.
+        deltas = sum(e["kind"] == "delta" for e in g.log)
+        status, answer = d.trigger_polling()
+        self.assertEqual((status, answer["graph_folders"]), (202, 3))
+        wait_until(lambda: sum(e["kind"] == "delta" and e["end"] is not None for e in g.log) == deltas + 3, 10,
+                   "one delta request per folder")
+        self.assertTrue(all("$deltatoken=" in e["path"] for e in g.log[-3:]), g.log[-3:])
+        self.assertEqual(d.stats()["graph_messages"], 230)
 
         # New mail and a change notification: the mailbox runs a delta round and gets it.
         live = g.add_messages("bob@corp.example", "inbox", "bob-live", 3)
