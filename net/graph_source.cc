@@ -121,11 +121,9 @@ struct GraphSource::Folder {
 GraphSource::GraphSource(EventLoop* loop, stages::MessagePool* pool, engine::Channel<stages::Message*>* channel,
                          GraphSourceConfig config, GraphLog log)
     : loop_(loop),
-      pool_(pool),
-      channel_(channel),
       config_(std::move(config)),
       log_(std::move(log)),
-      outlet_(loop, channel, [this] { PushReady(); },
+      outlet_(loop, pool, channel, this, [this] { PushReady(); },
               [this](std::span<const stages::DurableAck> acks) { ApplyAcks(acks); }) {}
 
 GraphSource::~GraphSource() { *alive_ = false; }
@@ -627,28 +625,16 @@ void GraphSource::PushReady() {
         f->ready.pop_front();
         continue;
       }
-      if (!outlet_.has_room()) {
+      const std::size_t bytes = r.body.size();
+      const std::uint64_t token = ((f->index + 1) << kFolderShift) | f->next_seq;
+      if (!outlet_.TryHold(r.body, r.kind, stages::SourceKind::kGraph, f->id, r.id, token)) {
         blocked = true;
         break;
       }
-      stages::Message* m = pool_->TryAcquire(r.body.size());
-      if (m == nullptr) {
-        blocked = true;
-        break;
-      }
-      m->raw.swap(r.body);
-      m->kind = r.kind;
-      m->source.kind = stages::SourceKind::kGraph;
-      m->source.id = f->id;
-      m->source.position = std::move(r.id);
-      m->received_at_ms = base::UnixMs();
-      m->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-      m->ack_sink = this;
-      m->ack_token = ((f->index + 1) << kFolderShift) | f->next_seq++;
-      f->in_flight.push_back({m->ack_token, r.page_seq});
-      outlet_.Hold(m);
+      ++f->next_seq;
+      f->in_flight.push_back({token, r.page_seq});
       stats_.messages.Add();
-      stats_.bytes.Add(m->raw.size());
+      stats_.bytes.Add(bytes);
       ++f->mailbox->progress.messages_pushed;
       f->ready.pop_front();
     }

@@ -205,8 +205,6 @@ class GraphSource final : public stages::DurableAckSink, public GraphNotificatio
   std::string MessageTarget(const Folder* f, std::string_view id, std::string_view suffix) const;
 
   EventLoop* loop_;
-  stages::MessagePool* pool_;
-  engine::Channel<stages::Message*>* channel_;
   GraphSourceConfig config_;
   GraphLog log_;
   GraphStats stats_;

@@ -135,11 +135,9 @@ struct ImapSource::Folder final : ImapConnection::Listener {
 ImapSource::ImapSource(EventLoop* loop, stages::MessagePool* pool, engine::Channel<stages::Message*>* channel,
                        ImapSourceConfig config, ImapLog log)
     : loop_(loop),
-      pool_(pool),
-      channel_(channel),
       config_(std::move(config)),
       log_(std::move(log)),
-      outlet_(loop, channel, [this] { PushReady(); },
+      outlet_(loop, pool, channel, this, [this] { PushReady(); },
               [this](std::span<const stages::DurableAck> acks) { ApplyAcks(acks); }) {}
 
 ImapSource::~ImapSource() {
@@ -544,28 +542,17 @@ void ImapSource::PushReady() {
         f->ready.pop_front();
         continue;
       }
-      if (!outlet_.has_room()) {
+      const std::size_t bytes = r.raw.size();
+      const std::uint64_t token = ((f->index + 1) << kFolderShift) | f->next_seq;
+      if (!outlet_.TryHold(r.raw, stages::InputKind::kRfc822, stages::SourceKind::kImap, f->id,
+                           fmt::format("{}:{}", r.validity, r.uid), token)) {
         blocked = true;
         break;
       }
-      stages::Message* m = pool_->TryAcquire(r.raw.size());
-      if (m == nullptr) {
-        blocked = true;
-        break;
-      }
-      m->raw.swap(r.raw);
-      m->kind = stages::InputKind::kRfc822;
-      m->source.kind = stages::SourceKind::kImap;
-      m->source.id = f->id;
-      m->source.position = fmt::format("{}:{}", r.validity, r.uid);
-      m->received_at_ms = base::UnixMs();
-      m->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-      m->ack_sink = this;
-      m->ack_token = ((f->index + 1) << kFolderShift) | f->next_seq++;
-      f->in_flight.push_back({m->ack_token, r.validity, r.uid, false});
-      outlet_.Hold(m);
+      ++f->next_seq;
+      f->in_flight.push_back({token, r.validity, r.uid, false});
       stats_.messages.Add();
-      stats_.bytes.Add(m->raw.size());
+      stats_.bytes.Add(bytes);
       f->ready.pop_front();
     }
     Settle(f);

@@ -164,8 +164,6 @@ class ImapSource final : public stages::DurableAckSink {
   bool CheckOk(Folder* f, const ImapResponse& done, std::string_view what);
 
   EventLoop* loop_;
-  stages::MessagePool* pool_;
-  engine::Channel<stages::Message*>* channel_;
   ImapSourceConfig config_;
   ImapLog log_;
   ImapStats stats_;

@@ -1,10 +1,35 @@
 #include "net/source_outlet.h"
 
+#include "engine/base/counters.h"
+
 namespace mailrail::net {
 
-SourceOutlet::SourceOutlet(EventLoop* loop, engine::Channel<stages::Message*>* channel, Refill refill,
-                           AcksHandler on_acks)
-    : loop_(loop), channel_(channel), refill_(std::move(refill)), on_acks_(std::move(on_acks)) {}
+SourceOutlet::SourceOutlet(EventLoop* loop, stages::MessagePool* pool, engine::Channel<stages::Message*>* channel,
+                           stages::DurableAckSink* source, Refill refill, AcksHandler on_acks)
+    : loop_(loop),
+      pool_(pool),
+      channel_(channel),
+      source_(source),
+      refill_(std::move(refill)),
+      on_acks_(std::move(on_acks)) {}
+
+bool SourceOutlet::TryHold(std::string& raw, stages::InputKind kind, stages::SourceKind source_kind,
+                           std::string_view source_id, std::string position, std::uint64_t ack_token) {
+  if (channel_->capacity() - channel_->size_approx() <= held_.size()) return false;
+  stages::Message* m = pool_->TryAcquire(raw.size());
+  if (m == nullptr) return false;
+  m->raw.swap(raw);
+  m->kind = kind;
+  m->source.kind = source_kind;
+  m->source.id.assign(source_id);
+  m->source.position = std::move(position);
+  m->received_at_ms = base::UnixMs();
+  m->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  m->ack_sink = source_;
+  m->ack_token = ack_token;
+  held_.push_back(m);
+  return true;
+}
 
 void SourceOutlet::Install() {
   std::weak_ptr<bool> alive = alive_;
