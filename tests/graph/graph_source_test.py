@@ -9,10 +9,8 @@ double's request log (concurrency and Retry-After kept). Every wait is bounded.
     graph_source_test.py MAILRAIL_BIN CORPUS_DIR
 """
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -20,7 +18,7 @@ from graph_double import (CLIENT_ID, CLIENT_SECRET, GraphDouble, change_notifica
                           post_notifications)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
-from mailrail_daemon import MailrailDaemon, wait_until, write_config  # noqa: E402
+from mailrail_daemon import DaemonTestCase, MailrailDaemon, wait_until, write_config  # noqa: E402
 
 BIN = sys.argv.pop(1)
 CORPUS = sys.argv.pop(1)
@@ -57,27 +55,19 @@ class Daemon(MailrailDaemon):
         return f"http://{self.http}/webhook/graph"
 
 
-class GraphSourceTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="mailrail-graph-")
-        self.double = None
-        self.daemon = None
+class GraphSourceTest(DaemonTestCase):
+    tmp_prefix = "mailrail-graph-"
 
-    def tearDown(self):
-        if self.daemon is not None and self.daemon.proc.poll() is None:
-            self.daemon.kill()
+    def setUp(self):
+        super().setUp()
+        self.double = None
+
+    def stop_servers(self):
         if self.double is not None:
             self.double.stop()
-        if self.daemon is not None:
-            log = "".join(self.daemon.log)
-            self.assertNotIn(CLIENT_SECRET, log, "the client secret leaked into the log")
-            for token in list(self.double.tokens):
-                self.assertNotIn(token, log, "an access token leaked into the log")
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def assert_once(self, got, expected):
-        for i in expected:
-            self.assertEqual(got.count(i), 1, f"{i} delivered {got.count(i)} times")
+    def secrets(self):
+        return [CLIENT_SECRET] + (list(self.double.tokens) if self.double is not None else [])
 
     def assert_limits_kept(self, users, concurrency=4):
         g = self.double

@@ -10,11 +10,9 @@ Dovecot and the daemon are stopped by PID. Every wait polls for an event with a 
     imap_dovecot_test.py MAILRAIL_BIN
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -22,7 +20,7 @@ import unittest
 from dovecot import PASSWORD, Dovecot  # PASSWORD must never show up in the daemon's output
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
-from mailrail_daemon import MailrailDaemon, wait_until, write_config  # noqa: E402
+from mailrail_daemon import DaemonTestCase, MailrailDaemon, wait_until, write_config  # noqa: E402
 
 BIN = sys.argv.pop(1)
 
@@ -61,24 +59,19 @@ def ids(tag, n, start=0):
     return [f"{tag}-{i}@imap.test" for i in range(start, start + n)]  # the record drops the <>
 
 
-class ImapDovecotTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="mailrail-imap-")
-        self.dovecot = None
-        self.daemon = None
+class ImapDovecotTest(DaemonTestCase):
+    tmp_prefix = "mailrail-imap-"
 
-    def tearDown(self):
-        if self.daemon is not None and self.daemon.proc.poll() is None:
-            self.daemon.kill()
+    def setUp(self):
+        super().setUp()
+        self.dovecot = None
+
+    def stop_servers(self):
         if self.dovecot is not None:
             self.dovecot.stop()
-        if self.daemon is not None:
-            self.assertNotIn(PASSWORD, "".join(self.daemon.log), "the password leaked into the log")
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def assert_once(self, all_ids, expected):
-        for i in expected:
-            self.assertEqual(all_ids.count(i), 1, f"{i} delivered {all_ids.count(i)} times")
+    def secrets(self):
+        return [PASSWORD]
 
     def test_backfill_idle_restarts_and_uidvalidity(self):
         dv = self.dovecot = Dovecot(self.tmp, ["alice"])

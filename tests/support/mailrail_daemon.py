@@ -4,11 +4,14 @@ bounded waits on log events, on the JSONL sink's message ids and on the stats so
 is stopped by PID (SIGTERM to drain, SIGKILL to crash)."""
 import json
 import queue
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import unittest
 import urllib.request
 
 
@@ -136,3 +139,33 @@ class MailrailDaemon:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=40)
         return self.proc.returncode
+
+
+class DaemonTestCase(unittest.TestCase):
+    """setUp makes self.tmp; tearDown kills a daemon still running, calls stop_servers(), checks
+    that none of secrets() appears in the daemon's log, and removes self.tmp."""
+    tmp_prefix = "mailrail-test-"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix=self.tmp_prefix)
+        self.daemon = None
+
+    def stop_servers(self):
+        pass
+
+    def secrets(self):
+        return []
+
+    def tearDown(self):
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            self.daemon.kill()
+        self.stop_servers()
+        if self.daemon is not None:
+            log = "".join(self.daemon.log)
+            for secret in self.secrets():
+                self.assertNotIn(secret, log, "a secret leaked into the log")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def assert_once(self, got, expected):
+        for i in expected:
+            self.assertEqual(got.count(i), 1, f"{i} delivered {got.count(i)} times")
