@@ -58,16 +58,8 @@ class Daemon(MailrailDaemon):
 class GraphSourceTest(DaemonTestCase):
     tmp_prefix = "mailrail-graph-"
 
-    def setUp(self):
-        super().setUp()
-        self.double = None
-
-    def stop_servers(self):
-        if self.double is not None:
-            self.double.stop()
-
     def secrets(self):
-        return [CLIENT_SECRET] + (list(self.double.tokens) if self.double is not None else [])
+        return [CLIENT_SECRET] + [token for g in self.servers for token in g.tokens]
 
     def assert_limits_kept(self, users, concurrency=4):
         g = self.double
@@ -77,7 +69,7 @@ class GraphSourceTest(DaemonTestCase):
             self.assertEqual(g.retry_after_violations(user), [], f"{user}: requests sent during Retry-After")
 
     def test_backfill_two_mailboxes_then_notifications_and_lifecycle(self):
-        g = self.double = GraphDouble(corpus_dir=CORPUS, latency=0.01).start()
+        g = self.double = self.serve(GraphDouble(corpus_dir=CORPUS, latency=0.01).start())
         expected = g.add_messages("alice", "inbox", "alice-inbox", 120)
         expected += g.add_messages("alice", "archive", "alice-archive", 30, attachments=True)
         expected += g.add_messages("bob@corp.example", "inbox", "bob-inbox", 80)
@@ -139,7 +131,8 @@ class GraphSourceTest(DaemonTestCase):
 
     def test_token_expiry_throttling_storms_schedule_and_410(self):
         # The double allows 20 requests per 2 s; the daemon is configured for 18 (arrival jitter).
-        g = self.double = GraphDouble(corpus_dir=CORPUS, token_ttl=2, latency=0.005, rate=20, rate_window=2.0).start()
+        g = self.double = self.serve(GraphDouble(corpus_dir=CORPUS, token_ttl=2, latency=0.005, rate=20,
+                                                 rate_window=2.0).start())
         expected = g.add_messages("alice", "inbox", "storm", 60)
         # Storms at the start: 503 and 429 with Retry-After, then 500s (backoff, no Retry-After).
         g.inject("alice", 503, 3, retry_after=1)
@@ -176,7 +169,7 @@ class GraphSourceTest(DaemonTestCase):
         self.assertEqual(d.stop(), 0)
 
     def test_sigkill_mid_backfill_loses_nothing_raw_mime(self):
-        g = self.double = GraphDouble(corpus_dir=CORPUS, latency=0.01).start()
+        g = self.double = self.serve(GraphDouble(corpus_dir=CORPUS, latency=0.01).start())
         expected = g.add_messages("alice", "inbox", "kill", 400)
         d = self.daemon = Daemon(self.tmp, g, [{"user_id": "alice"}],
                                  graph_extra="page_size = 10\nraw_mime = true\nmax_pages_ahead = 2")
@@ -204,7 +197,7 @@ class GraphSourceTest(DaemonTestCase):
         self.assertEqual(d.stop(), 0)
 
     def test_bad_config_and_bad_credentials(self):
-        g = self.double = GraphDouble(corpus_dir=CORPUS).start()
+        g = self.double = self.serve(GraphDouble(corpus_dir=CORPUS).start())
         bad = os.path.join(self.tmp, "bad.toml")
         with open(bad, "w") as f:
             f.write(f'data_dir = "{self.tmp}/data"\n[graph]\nclient_id = "x"\nclient_secret = "{CLIENT_SECRET}"\n'

@@ -62,19 +62,11 @@ def ids(tag, n, start=0):
 class ImapDovecotTest(DaemonTestCase):
     tmp_prefix = "mailrail-imap-"
 
-    def setUp(self):
-        super().setUp()
-        self.dovecot = None
-
-    def stop_servers(self):
-        if self.dovecot is not None:
-            self.dovecot.stop()
-
     def secrets(self):
         return [PASSWORD]
 
     def test_backfill_idle_restarts_and_uidvalidity(self):
-        dv = self.dovecot = Dovecot(self.tmp, ["alice"])
+        dv = self.serve(Dovecot(self.tmp, ["alice"]))
         dv.start()
         n = 40
         dv.append("alice", "INBOX", [message("inbox", i) for i in range(n)])
@@ -145,7 +137,7 @@ class ImapDovecotTest(DaemonTestCase):
         self.assertEqual(d.stop(), 0)
 
     def test_tls_starttls_plain_auth_and_connection_limit(self):
-        dv = self.dovecot = Dovecot(self.tmp, ["alice", "bob"], tls=True)
+        dv = self.serve(Dovecot(self.tmp, ["alice", "bob"], tls=True))
         dv.start()
         dv.append("alice", "INBOX", [message("alice", i) for i in range(10)])
         for folder in ("INBOX", "Work", "Lists"):
@@ -185,7 +177,7 @@ class ImapDovecotTest(DaemonTestCase):
         self.assertRegex(log, r"Login: user=<bob>, method=PLAIN, .*TLS")
 
     def test_wrong_password_is_retried_and_reported_without_secret(self):
-        dv = self.dovecot = Dovecot(self.tmp, ["alice"])
+        dv = self.serve(Dovecot(self.tmp, ["alice"]))
         dv.start()
         d = self.daemon = Daemon(self.tmp, [{"host": "127.0.0.1", "port": dv.port, "tls": "none", "user": "alice",
                                              "password": PASSWORD + "-wrong"}])

@@ -142,16 +142,19 @@ class MailrailDaemon:
 
 
 class DaemonTestCase(unittest.TestCase):
-    """setUp makes self.tmp; tearDown kills a daemon still running, calls stop_servers(), checks
-    that none of secrets() appears in the daemon's log, and removes self.tmp."""
+    """setUp makes self.tmp; tearDown kills a daemon still running, stops every server given to
+    serve() (by its stop()), checks that none of secrets() appears in the daemon's log, and
+    removes self.tmp."""
     tmp_prefix = "mailrail-test-"
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix=self.tmp_prefix)
         self.daemon = None
+        self.servers = []
 
-    def stop_servers(self):
-        pass
+    def serve(self, server):
+        self.servers.append(server)
+        return server
 
     def secrets(self):
         return []
@@ -159,7 +162,8 @@ class DaemonTestCase(unittest.TestCase):
     def tearDown(self):
         if self.daemon is not None and self.daemon.proc.poll() is None:
             self.daemon.kill()
-        self.stop_servers()
+        for server in reversed(self.servers):
+            server.stop()
         if self.daemon is not None:
             log = "".join(self.daemon.log)
             for secret in self.secrets():
