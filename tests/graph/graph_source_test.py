@@ -18,7 +18,7 @@ from graph_double import (CLIENT_ID, CLIENT_SECRET, GraphDouble, change_notifica
                           post_notifications)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
-from mailrail_daemon import DaemonTestCase, MailrailDaemon, wait_until, write_config  # noqa: E402
+from mailrail_daemon import DaemonTestCase, MailrailDaemon, checkpoint_rows, wait_until, write_config  # noqa: E402,E501
 
 BIN = sys.argv.pop(1)
 CORPUS = sys.argv.pop(1)
@@ -40,16 +40,7 @@ class Daemon(MailrailDaemon):
         self.start()
 
     def checkpoint(self):
-        out = {}
-        try:
-            with open(self.checkpoint_path) as f:
-                for line in f:
-                    if not line.startswith("#"):
-                        key, link = line.rstrip("\n").split("\t")
-                        out[key] = link
-        except FileNotFoundError:
-            pass
-        return out
+        return {key: link for key, link in checkpoint_rows(self.checkpoint_path)}
 
     def webhook(self):
         return f"http://{self.http}/webhook/graph"

@@ -20,7 +20,7 @@ import unittest
 from dovecot import PASSWORD, Dovecot  # PASSWORD must never show up in the daemon's output
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
-from mailrail_daemon import DaemonTestCase, MailrailDaemon, wait_until, write_config  # noqa: E402
+from mailrail_daemon import DaemonTestCase, MailrailDaemon, checkpoint_rows, wait_until, write_config  # noqa: E402,E501
 
 BIN = sys.argv.pop(1)
 
@@ -42,17 +42,7 @@ class Daemon(MailrailDaemon):
         self.start()
 
     def checkpoint(self):
-        out = {}
-        try:
-            with open(self.checkpoint_path) as f:
-                for line in f:
-                    if line.startswith("#"):
-                        continue
-                    validity, uid, key = line.rstrip("\n").split("\t")
-                    out[key] = (int(validity), int(uid))
-        except FileNotFoundError:
-            pass
-        return out
+        return {key: (int(validity), int(uid)) for validity, uid, key in checkpoint_rows(self.checkpoint_path)}
 
 
 def ids(tag, n, start=0):

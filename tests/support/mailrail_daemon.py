@@ -28,6 +28,16 @@ def write_config(path, tmp, stats_path, head, section, section_text, mailboxes):
                 f.write(f"{k} = {json.dumps(v)}\n")
 
 
+def checkpoint_rows(path):
+    """The tab-separated fields of each line of a source checkpoint file, comments skipped; [] when
+    the file does not exist yet."""
+    try:
+        with open(path) as f:
+            return [line.rstrip("\n").split("\t") for line in f if not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
 def wait_until(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
