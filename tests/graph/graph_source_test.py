@@ -185,6 +185,8 @@ class GraphSourceTest(DaemonTestCase):
         self.assertLess(d.stats()["graph_messages"], 400)
         self.assertTrue(all(e["kind"] != "value" or e["status"] == 200 for e in g.log))
         self.assert_limits_kept(["alice"])
+        # The $value fetches did run 4 at a time: the limit above was reached, not just never approached.
+        self.assertEqual(g.max_concurrency_seen("alice"), 4)
         self.assertEqual(d.stop(), 0)
 
     def test_bad_config_and_bad_credentials(self):
