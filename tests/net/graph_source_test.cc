@@ -115,8 +115,14 @@ TEST_F(GraphSourceTest, BackfillThenControlMethodsAndCheckpoint) {
   EXPECT_TRUE(by_name);
   EXPECT_FALSE(unknown);
 
-  // An incremental round finds nothing new.
+  // An incremental round (one empty page) finds nothing new.
+  EXPECT_EQ(source_->stats().pages.value(), 5u);  // ceil(30 / 7)
   loop_.Call([&] { source_->SyncNow("user0"); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (source_->stats().pages.value() < 6 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // poll interval of a bounded wait
+  }
+  EXPECT_EQ(source_->stats().pages.value(), 6u);
   WaitCaughtUp(kMessages);
   EXPECT_EQ(ProgressOf("user0").messages_found, static_cast<std::uint64_t>(kMessages));
 
