@@ -687,10 +687,12 @@ void GraphSource::Settle(Folder* f) {
 
 void GraphSource::RoundDone(Folder* f) {
   f->round_active = false;
+  if (!f->caught_up || f->round_found > 0) {  // not once per scheduled round that found nothing
+    GraphLogFields fields = f->Fields();
+    fields.emplace_back("fetched", std::to_string(f->round_found));
+    log_("graph_caught_up", fields);
+  }
   f->caught_up = true;
-  GraphLogFields fields = f->Fields();
-  fields.emplace_back("fetched", std::to_string(f->round_found));
-  log_("graph_caught_up", fields);
   UpdateCaughtUp(f->mailbox);
   if (f->round_again) {
     f->round_again = false;
