@@ -237,7 +237,7 @@ class ImapDovecotTest(DaemonTestCase):
                          "imap.mailbox[1].name: must not contain '/'",
                          f"{bad}:14: imap.mailbox[1].bogus: unknown key"):
             self.assertIn(expected, out.stderr)
-        self.assertNotIn("p1", out.stderr.replace("imap.", ""))
+        self.assertNotIn("p1", out.stderr.replace("imap.", "").replace(self.tmp, ""))  # the temp name may hold "p1"
 
         data = os.path.join(self.tmp, "data")
         os.makedirs(data)
