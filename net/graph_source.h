@@ -23,12 +23,15 @@
 //   (dedup drops the repeat).
 // Limits, per mailbox, by construction: at most max_concurrent_requests Graph requests in flight
 //   (the rest wait in FIFO order); no request leaves while rate_requests were sent in the last
-//   rate_window (GraphRequestBudget, a sliding window: never more in any window, not just on average); a 429 or 503 pauses the mailbox for its Retry-After (seconds or HTTP date;
+//   rate_window (GraphRequestBudget, a sliding window: never more in any window, not just on
+//   average); a 429 or 503 pauses the mailbox for its Retry-After (seconds or HTTP date;
 //   exponential backoff when absent) and the request is re-queued at the front; other 5xx and
 //   network errors retry that request after backoff_base doubling up to backoff_max, with jitter;
 //   410 Gone or error code syncStateNotFound / resyncRequired restarts that folder's delta from
 //   scratch (counted; pages of the abandoned round never move the checkpoint); 401 gets one token
-//   refresh and a retry.
+//   refresh and a retry. A request that keeps failing is retried without end (the folder waits;
+//   Progress().last_error says why): skipping it would move the checkpoint past a message that
+//   is not in the WAL.
 // Token: OAuth2 client credentials (POST token_url); refreshed when 80% of expires_in has passed
 //   and after a 401; failures are logged (status and error code only) and retried with backoff.
 // Secrets: client_secret is sent only in the token request body and the access token only in the
