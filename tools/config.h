@@ -16,6 +16,7 @@
 #include "engine/base/result.h"
 #include "engine/topology.h"
 #include "net/http_forward_stage.h"
+#include "net/graph_source.h"
 #include "net/imap_source.h"
 #include "stages/dedup_stage.h"
 #include "storage/wal_writer.h"
@@ -76,6 +77,10 @@ struct DaemonConfig {
   // [imap] and [[imap.mailbox]]: mailboxes the daemon pulls from (none by default).
   // source.checkpoint_path is <data_dir>/imap.checkpoint; max_message_bytes is set by the daemon.
   net::ImapSourceConfig imap;
+
+  // [graph] and [[graph.mailbox]]: Microsoft Graph mailboxes (none by default).
+  // checkpoint_path is <data_dir>/graph.checkpoint; max_message_bytes is set by the daemon.
+  net::GraphSourceConfig graph;
 
   std::chrono::milliseconds drain_deadline{30000};
 };

@@ -7,7 +7,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from mailrail_daemon import wait_until  # noqa: E402,F401  (re-exported for the IMAP test and bench)
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 PASSWORD = "s3cret-Pa55"
@@ -19,14 +22,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval of a bounded wait, not a synchronisation
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Dovecot:
