@@ -75,6 +75,7 @@ void DumpSplitter::Reset(SplitFormat format, std::uint64_t base_offset) {
   buffer_.clear();
   consumed_ = 0;
   scan_from_ = 0;
+  gt_before_from_ = false;
   base_offset_ = base_offset;
   finished_ = false;
   whole_emitted_ = false;
@@ -206,12 +207,25 @@ bool DumpSplitter::NextMbox(SplitMessage& out) {
     }
   }
 
+  bool quoted = true;  // a body cut by Content-Length was not searched: AppendUnescaped decides
   if (end == std::string_view::npos) {
-    const std::size_t search_from = std::max(content, scan_from_) == 0 ? 0 : std::max(content, scan_from_) - 1;
-    const std::size_t sep = Find(view, "\nFrom ", search_from);
+    // One pass over "From " finds the separator ("\nFrom ") and notes a '>' before any other
+    // occurrence (possible >From quoting), so that a message without one is copied as is instead
+    // of being searched a second time by AppendUnescaped.
+    std::size_t sep = std::string_view::npos;
+    for (std::size_t q = Find(view, "From ", std::max(content, scan_from_)); q != std::string_view::npos;
+         q = Find(view, "From ", q + 5)) {
+      if (q == 0) continue;
+      if (view[q - 1] == '\n') {
+        sep = q - 1;
+        break;
+      }
+      gt_before_from_ = gt_before_from_ || view[q - 1] == '>';
+    }
     if (sep == std::string_view::npos) {
       if (!finished_) {
-        scan_from_ = view.size() > 6 ? view.size() - 6 : content;
+        // Resume where a "From " cut by the end of the buffer, and the byte before it, are seen again.
+        scan_from_ = view.size() > 5 ? std::max(content, view.size() - 5) : content;
         return false;
       }
       end = view.size();
@@ -220,6 +234,7 @@ bool DumpSplitter::NextMbox(SplitMessage& out) {
       end = sep + 1;
       next = sep + 1;
     }
+    quoted = gt_before_from_;
     // Drop the one blank line the mbox writer put before the separator.
     if (end > content && view[end - 1] == '\n') {
       std::size_t e = end - 1;
@@ -232,7 +247,8 @@ bool DumpSplitter::NextMbox(SplitMessage& out) {
   out.bytes = view.substr(content, end - content);
   out.position = base_offset_ + start;
   out.timestamp_ms = timestamp;
-  out.mbox_quoted = true;
+  out.mbox_quoted = quoted;
+  gt_before_from_ = false;
   consumed_ = next;
   scan_from_ = next;
   return true;

@@ -56,6 +56,7 @@ class DumpSplitter {
   std::string buffer_;
   std::size_t consumed_ = 0;        // bytes of buffer_ already handed out
   std::size_t scan_from_ = 0;       // where the search for the next separator resumes
+  bool gt_before_from_ = false;     // the search so far saw ">From " in the current message
   std::uint64_t base_offset_ = 0;   // file offset of buffer_[0]
   bool finished_ = false;
   bool whole_emitted_ = false;

@@ -82,6 +82,10 @@ TEST(DumpSplitterTest, SplitsMboxAtEveryPieceSize) {
     EXPECT_EQ(messages[0].bytes, "Subject: one\n\nbody one\n>From the start\n>>From deeper\n");
     EXPECT_EQ(messages[1].bytes, "Subject: two\n\nbody two\n");
     EXPECT_EQ(messages[2].bytes, "Subject: three\n\nbody three\n");
+    // Only the first message has ">From " lines to unquote; the flag survives every piece boundary.
+    EXPECT_TRUE(messages[0].mbox_quoted) << "piece size " << piece;
+    EXPECT_FALSE(messages[1].mbox_quoted) << "piece size " << piece;
+    EXPECT_FALSE(messages[2].mbox_quoted) << "piece size " << piece;
     EXPECT_EQ(messages[0].position, 0u);
     EXPECT_EQ(messages[1].position, kMbox.find("From bob"));
     EXPECT_EQ(messages[2].position, kMbox.find("From carol"));
