@@ -100,6 +100,27 @@ class TableReader {
 
   void MarkKnown(std::string_view key) { known_.insert(std::string(key)); }
 
+  // A secret given inline (`key`) or in a file (`file_key`, relative to the config file; trailing
+  // line breaks removed): exactly one of the two. The secret itself never appears in an error.
+  void GetSecret(std::string_view key, std::string_view file_key, std::string& out) {
+    std::string path_text;
+    Get(key, out);
+    Get(file_key, path_text);
+    if (out.empty() == path_text.empty()) {
+      Fail(table_, key, fmt::format("give exactly one of {} and {}", key, file_key));
+      return;
+    }
+    if (path_text.empty()) return;
+    std::filesystem::path path(path_text);
+    if (path.is_relative() && file_.front() != '<') path = std::filesystem::path(file_).parent_path() / path;
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    out = text.str();
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+    if (!in || out.empty()) Fail(*table_.get(file_key), file_key, "cannot read a secret from " + path.string());
+  }
+
   const toml::table* Subtable(std::string_view key) {
     known_.insert(std::string(key));
     const toml::node* node = table_.get(key);
@@ -198,6 +219,54 @@ void ReadTopology(TableReader& top, DaemonConfig& config) {
   r.RejectUnknown();
 }
 
+void ReadAttachments(TableReader& top, AttachmentStoreSettings& out) {
+  const toml::table* table = top.Subtable("attachments");
+  if (table == nullptr) return;
+  TableReader r(*table, top.file(), "attachments.", top.errors());
+  r.GetChoice("store", out.store, {"none", "disk", "s3"});
+  r.GetRange("max_bytes", out.stage.max_bytes, 1, std::size_t{1} << 30);
+  std::size_t budget_mib = out.budget_bytes >> 20;
+  r.GetRange("budget_mib", budget_mib, 0, std::size_t{1} << 30);
+  out.budget_bytes = std::uint64_t{budget_mib} << 20;
+  r.GetRange("max_in_flight", out.max_in_flight, 1, 1024);
+  std::size_t in_flight_mib = out.stage.in_flight_bytes >> 20;
+  r.GetRange("in_flight_mib", in_flight_mib, 1, 64 * 1024);
+  out.stage.in_flight_bytes = std::uint64_t{in_flight_mib} << 20;
+  const toml::table* s3 = r.Subtable("s3");
+  r.RejectUnknown();
+  if (out.store == "s3" && budget_mib > 0) {
+    r.Fail(*table->get("budget_mib"), "budget_mib", "applies to the disk store only (the S3 service meters storage)");
+  }
+  if (s3 == nullptr) {
+    if (out.store == "s3") r.Fail(*table, "s3", "store = \"s3\" needs an [attachments.s3] table");
+    return;
+  }
+  TableReader t(*s3, top.file(), "attachments.s3.", top.errors());
+  net::S3StoreConfig& c = out.s3;
+  t.Get("endpoint", c.endpoint);
+  t.Get("region", c.region);
+  t.Get("bucket", c.bucket);
+  t.Get("access_key_id", c.credentials.access_key_id);
+  t.GetSecret("secret_access_key", "secret_file", c.credentials.secret_access_key);
+  t.Get("prefix", c.prefix);
+  std::size_t threshold_mib = c.multipart_threshold >> 20;
+  t.GetRange("multipart_threshold_mib", threshold_mib, 5, 5 * 1024);
+  c.multipart_threshold = std::uint64_t{threshold_mib} << 20;
+  std::size_t part_mib = c.part_size >> 20;
+  t.GetRange("part_size_mib", part_mib, 5, 5 * 1024);
+  c.part_size = std::uint64_t{part_mib} << 20;
+  t.GetRange("max_attempts", c.max_attempts, 1, 100);
+  t.Get("verify_peer", c.verify_peer);
+  t.Get("ca_file", c.ca_file);
+  if (c.endpoint.rfind("http://", 0) != 0 && c.endpoint.rfind("https://", 0) != 0) {
+    t.Fail(*s3, "endpoint", "must be an http:// or https:// URL");
+  }
+  if (c.bucket.empty()) t.Fail(*s3, "bucket", "is required");
+  if (c.region.empty()) t.Fail(*s3, "region", "must not be empty");
+  if (c.credentials.access_key_id.empty()) t.Fail(*s3, "access_key_id", "is required");
+  t.RejectUnknown();
+}
+
 void ReadImap(TableReader& top, DaemonConfig& config) {
   const toml::table* table = top.Subtable("imap");
   if (table == nullptr) return;
@@ -242,9 +311,7 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
       m.Get("ca_file", mailbox.ca_file);
       m.Get("user", mailbox.user);
       m.GetChoice("auth", mailbox.auth, {"login", "plain"});
-      std::string password_file;
-      m.Get("password", mailbox.password);
-      m.Get("password_file", password_file);
+      m.GetSecret("password", "password_file", mailbox.password);
       std::size_t months = mailbox.months;
       m.GetRange("months", months, 0, 1200);
       mailbox.months = static_cast<unsigned>(months);
@@ -268,22 +335,6 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
       m.MarkKnown("folders");
       if (mailbox.host.empty()) m.Fail(t, "host", "is required");
       if (mailbox.user.empty()) m.Fail(t, "user", "is required");
-      if (mailbox.password.empty() == password_file.empty()) {
-        m.Fail(t, "password", "give exactly one of password and password_file");
-      } else if (!password_file.empty()) {
-        std::filesystem::path path(password_file);
-        if (path.is_relative() && top.file().front() != '<') path = std::filesystem::path(top.file()).parent_path() / path;
-        std::ifstream in(path);
-        std::stringstream text;
-        text << in.rdbuf();
-        mailbox.password = text.str();
-        while (!mailbox.password.empty() && (mailbox.password.back() == '\n' || mailbox.password.back() == '\r')) {
-          mailbox.password.pop_back();
-        }
-        if (!in || mailbox.password.empty()) {
-          m.Fail(*t.get("password_file"), "password_file", "cannot read a password from " + path.string());
-        }
-      }
       // LOGIN sends both as quoted strings, which cannot carry line breaks (the secret is not echoed).
       if (mailbox.user.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
         m.Fail(t, "user", "must not contain line breaks or NUL");
@@ -486,6 +537,7 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     r.RejectUnknown();
   }
   ReadImap(top, config);
+  ReadAttachments(top, config.attachments);
   if (const toml::table* t = top.Subtable("shutdown")) {
     TableReader r(*t, file, "shutdown.", errors);
     std::size_t ms = static_cast<std::size_t>(config.drain_deadline.count());

@@ -18,6 +18,7 @@
 #include "net/http_forward_stage.h"
 #include "net/imap_source.h"
 #include "stages/dedup_stage.h"
+#include "tools/pipeline.h"
 #include "storage/wal_writer.h"
 
 namespace mailrail::tools {
@@ -76,6 +77,9 @@ struct DaemonConfig {
   // [imap] and [[imap.mailbox]]: mailboxes the daemon pulls from (none by default).
   // source.checkpoint_path is <data_dir>/imap.checkpoint; max_message_bytes is set by the daemon.
   net::ImapSourceConfig imap;
+
+  // [attachments] and [attachments.s3]: the attachment store (off by default).
+  AttachmentStoreSettings attachments;
 
   std::chrono::milliseconds drain_deadline{30000};
 };
