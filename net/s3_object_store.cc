@@ -220,7 +220,10 @@ void S3ObjectStore::OnResponse(Upload* u, base::Result<ClientResponse> response)
     Retry(u, fmt::format("{} {}: HTTP {}{}{}", step, u->key, r.status, code.empty() ? "" : " ", code));
     return;
   }
-  if (u->step == S3Step::kHead && r.status == 404) {
+  // HEAD answers 403 without a body both for a bad signature and, on AWS, for a missing key when
+  // the credentials may not list the bucket: the upload that follows decides, and its 403 carries
+  // the error code.
+  if (u->step == S3Step::kHead && (r.status == 404 || r.status == 403)) {
     u->step = u->bytes.size() >= config_.multipart_threshold ? S3Step::kCreate : S3Step::kPut;
     u->attempt = 0;
     Send(u);
@@ -234,7 +237,6 @@ void S3ObjectStore::OnResponse(Upload* u, base::Result<ClientResponse> response)
   if (r.status / 100 != 2) {
     std::string code = XmlValue(r.body, "Code");
     std::string hint;
-    if (r.status == 403 && code.empty()) hint = " (no error body; check the access key, secret, region and clock)";
     if (code == "SignatureDoesNotMatch") hint = " (the secret access key, the region or the request signing is wrong)";
     if (code == "InvalidAccessKeyId") hint = " (the access key id is unknown to the service)";
     Fail(u, fmt::format("{} {}: HTTP {}{}{}{}", step, u->key, r.status, code.empty() ? "" : " ", code, hint));

@@ -7,7 +7,8 @@
 // Objects: key <prefix><sha256 hex> in `bucket`, path-style URLs (<endpoint>/<bucket>/<key>),
 //   which every S3-compatible server accepts; the record's reference is s3://<bucket>/<key>.
 // Per object: HEAD first (200: already there, nothing sent: dedup across messages and runs);
-//   404: PUT Object when the object is smaller than multipart_threshold (its content address is
+//   404 or 403 (AWS answers 403 for a missing key to credentials that may not list the bucket;
+//   a HEAD answer has no body to tell a bad signature apart, the upload's answer will): PUT Object when the object is smaller than multipart_threshold (its content address is
 //   its payload hash, so nothing is hashed twice), else CreateMultipartUpload, UploadPart
 //   (part_size bytes each, one after the other, each part hashed for its signature) and
 //   CompleteMultipartUpload; a multipart upload that fails after it was created is aborted
