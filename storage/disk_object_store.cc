@@ -97,6 +97,11 @@ DiskObjectStore::~DiskObjectStore() {
   io_uring_queue_exit(ring_.get());
 }
 
+void DiskObjectStore::WaitForCompletion() {
+  if (in_flight_tokens_ == 0 || !ready_.empty()) return;
+  io_uring_submit_and_wait(ring_.get(), 1);
+}
+
 std::string DiskObjectStore::PathOf(const ObjectDigest& sha256) const {
   const std::string hex = DigestHex(sha256);
   return fmt::format("{}/{}/{}/{}", config_.root, hex.substr(0, 2), hex.substr(2, 2), hex);

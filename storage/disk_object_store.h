@@ -66,6 +66,9 @@ class DiskObjectStore final : public ObjectStore {
   bool needs_polling() const override { return true; }
   void Report(engine::Snapshot& snapshot) const override;
 
+  // Blocks until some operation completes (returns at once when none is in flight). For callers
+  // with nothing else to do (tools, benchmarks); the attachment stage never calls it.
+  void WaitForCompletion();
   // <root>/ab/cd/<hex>
   std::string PathOf(const ObjectDigest& sha256) const;
   const ObjectStoreCounters& counters() const { return counters_; }
