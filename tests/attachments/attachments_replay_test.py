@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,62 @@ class AttachmentReplayTest(unittest.TestCase):
         self.assertEqual(self.stat(samples, "attachments_not_stored", reason="too_large"), 1)
         # a.pdf is in two forwarded messages and was written once.
         self.assertEqual(self.stat(samples, "attachment_objects_stored", store="disk"), len(files))
+
+    def test_disk_store_after_sigkill_restores_every_reference(self):
+        """Kill the replay mid-way; the resumed run re-stores what the WAL re-feeds (idempotent)."""
+        count = 1500
+        dump = os.path.join(self.dir, "crash.mbox")
+        blobs = {}
+        with open(dump, "w", newline="") as f:
+            for i in range(count):
+                data = blob(1000 + i % 1200, 8000)  # 300 messages share an attachment with another
+                blobs[hashlib.sha256(data).hexdigest()] = data
+                f.write("From billing@vendor.example Mon May  4 10:00:00 2026\n" +
+                        message(f"crash{i}@vendor.example", f"crash {i}", [part("d.pdf", "application/pdf", data)]) +
+                        "\n")
+        data_dir = os.path.join(self.dir, "crash")
+        config = os.path.join(self.dir, "crash.toml")
+        with open(config, "w") as f:
+            f.write('[attachments]\nstore = "disk"\n')
+        out = os.path.join(self.dir, "crash.jsonl")
+        root = os.path.join(data_dir, "attachments")
+        cmd = [BIN, "replay", dump, "--sink", "jsonl:" + out, "--data-dir", data_dir, "--attachments-config", config]
+
+        def stored_files():
+            return sum(len(names) for _, _, names in os.walk(root))
+
+        proc = subprocess.Popen(cmd + ["--rate", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while stored_files() < 300 and proc.poll() is None:
+            self.assertLess(time.monotonic(), deadline, "no attachments were stored")
+            time.sleep(0.01)
+        self.assertIsNone(proc.poll(), "the replay finished before it could be killed")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        stats = os.path.join(self.dir, "crash.stats.json")
+        run = subprocess.run(cmd + ["--stats-json", stats], capture_output=True, text=True, timeout=120)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        with open(stats) as f:
+            samples = json.load(f)
+        # The re-fed messages found their objects on disk instead of writing them again.
+        self.assertGreater(self.stat(samples, "attachment_objects_deduplicated", store="disk", found="on_disk"), 0)
+        seen = set()
+        with open(out) as f:
+            for line in f:
+                r = json.loads(line)
+                seen.add(r["message_id"])
+                (a,) = r["attachments"]
+                self.assertEqual(a["stored"], "sha256:" + a["sha256"])
+        self.assertEqual(seen, {f"crash{i}@vendor.example" for i in range(count)})
+        files = {}
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                self.assertNotIn(".tmp.", name)
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    files[name] = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual(set(files), set(blobs))
+        for name, digest in files.items():
+            self.assertEqual(name, digest)
 
     def start_double(self, name, *flags):
         data = os.path.join(self.dir, name + "-bucket")
