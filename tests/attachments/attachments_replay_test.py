@@ -187,7 +187,7 @@ class AttachmentReplayTest(unittest.TestCase):
         blobs = {}
         with open(dump, "w", newline="") as f:
             for i in range(count):
-                data = blob(1000 + i % 1200, 8000)  # 300 messages share an attachment with another
+                data = blob(1000 + i, 8000)  # all distinct: finding one on disk means it was re-fed
                 blobs[hashlib.sha256(data).hexdigest()] = data
                 f.write("From billing@vendor.example Mon May  4 10:00:00 2026\n" +
                         message(f"crash{i}@vendor.example", f"crash {i}", [part("d.pdf", "application/pdf", data)]) +
@@ -217,6 +217,7 @@ class AttachmentReplayTest(unittest.TestCase):
         with open(stats) as f:
             samples = json.load(f)
         # The re-fed messages found their objects on disk instead of writing them again.
+        self.assertIn("recovered from the WAL", run.stdout)
         self.assertGreater(self.stat(samples, "attachment_objects_deduplicated", store="disk", found="on_disk"), 0)
         seen = set()
         with open(out) as f:
