@@ -44,6 +44,8 @@
 
 namespace mailrail::net {
 
+// The bucket and how to reach it ([attachments.s3] in docs/operations.md); copied into the store at
+// Create. `credentials.secret_access_key` must never be logged or reported.
 struct S3StoreConfig {
   std::string endpoint;  // http(s)://host[:port]
   std::string region = "us-east-1";
@@ -60,6 +62,8 @@ struct S3StoreConfig {
   std::string ca_file;
 };
 
+// Counters: single writer (the network thread; joined_in_flight: the stage's thread), relaxed
+// loads from the stats thread.
 struct S3StoreCounters {
   std::atomic<std::uint64_t> uploaded{0};
   std::atomic<std::uint64_t> uploaded_bytes{0};

@@ -19,11 +19,13 @@
 
 namespace mailrail::net {
 
+// An access key pair; the secret is only ever passed to SigningKey.
 struct SigV4Credentials {
   std::string access_key_id;
   std::string secret_access_key;
 };
 
+// What a signature covers; views must outlive the call that signs.
 struct SigV4Request {
   std::string_view method;
   std::string_view path;  // already URI-encoded (see S3UriEncode), starting with '/'

@@ -43,6 +43,7 @@
 
 namespace mailrail::stages {
 
+// The stage's limits ([attachments] in docs/operations.md); plain values, copied at construction.
 struct AttachmentStageConfig {
   std::uint64_t max_bytes = 25u << 20;         // per attachment (decoded)
   std::uint64_t in_flight_bytes = 64u << 20;   // decoded bytes held for objects in flight

@@ -34,6 +34,7 @@
 
 namespace mailrail::storage {
 
+// Where and how much the disk store may write; plain values, copied into the store at Open.
 struct DiskObjectStoreConfig {
   std::string root;                // <data_dir>/attachments
   std::uint64_t budget_bytes = 0;  // 0: unlimited

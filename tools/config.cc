@@ -259,7 +259,8 @@ void ReadAttachments(TableReader& top, AttachmentStoreSettings& out) {
   t.Get("verify_peer", c.verify_peer);
   t.Get("ca_file", c.ca_file);
   if (c.endpoint.rfind("http://", 0) != 0 && c.endpoint.rfind("https://", 0) != 0) {
-    t.Fail(*s3, "endpoint", "must be an http:// or https:// URL");
+    const toml::node* endpoint = s3->get("endpoint");
+    t.Fail(endpoint != nullptr ? *endpoint : *s3, "endpoint", "must be an http:// or https:// URL");
   }
   if (c.bucket.empty()) t.Fail(*s3, "bucket", "is required");
   if (c.region.empty()) t.Fail(*s3, "region", "must not be empty");

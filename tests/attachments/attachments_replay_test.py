@@ -237,6 +237,24 @@ class AttachmentReplayTest(unittest.TestCase):
         for name, digest in files.items():
             self.assertEqual(name, digest)
 
+    def test_bad_attachment_config_names_file_line_and_key_without_the_secret(self):
+        config = os.path.join(self.dir, "bad.toml")
+        with open(config, "w") as f:
+            f.write('[attachments]\nstore = "s3"\nbudget_mib = 10\n[attachments.s3]\nendpoint = "127.0.0.1:9"\n'
+                    'bucket = "mail"\naccess_key_id = "AKID"\nsecret_access_key = "s3cr3t-value"\n'
+                    'secret_file = "also.secret"\npart_size_mib = 1\nbogus = 1\n')
+        run = subprocess.run([BIN, "replay", self.fx.dump, "--sink", "jsonl:" + os.path.join(self.dir, "bad.jsonl"),
+                              "--data-dir", os.path.join(self.dir, "bad"), "--attachments-config", config, "--fresh"],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 2, run.stderr)
+        for expected in (config + ":3: attachments.budget_mib: applies to the disk store only",
+                         config + ":5: attachments.s3.endpoint: must be an http:// or https:// URL",
+                         "attachments.s3.secret_access_key: give exactly one of secret_access_key and secret_file",
+                         config + ":10: attachments.s3.part_size_mib: must be between 5 and 5120",
+                         config + ":11: attachments.s3.bogus: unknown key"):
+            self.assertIn(expected, run.stderr)
+        self.assertNotIn("s3cr3t-value", run.stderr)
+
     def start_double(self, name, *flags):
         data = os.path.join(self.dir, name + "-bucket")
         log = os.path.join(self.dir, name + "-requests.jsonl")
