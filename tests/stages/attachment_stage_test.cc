@@ -71,11 +71,12 @@ class AttachmentStageTest : public ::testing::Test {
   }
   ~AttachmentStageTest() override { std::filesystem::remove_all(root_); }
 
-  Message* Add(const std::string& raw) {
+  Message* Add(const std::string& raw, InputKind kind = InputKind::kRfc822) {
     auto m = std::make_unique<Message>();
     m->raw = raw;
+    m->kind = kind;
     m->lsn = messages_.size() + 1;
-    MimeParser parser;
+    MessageParser parser;
     parser.Parse(*m);
     messages_.push_back(std::move(m));
     return messages_.back().get();
@@ -170,6 +171,22 @@ TEST_F(AttachmentStageTest, TooLargeAndOverBudgetAreNotStoredCountedAndTheMessag
     if (s.name == "attachments_not_stored" && s.labels.at(0).second == "too_large") too_large = s.value;
   }
   EXPECT_EQ(too_large, 1);
+}
+
+TEST_F(AttachmentStageTest, GraphContentBytesAreStoredAndMetadataOnlyAttachmentsSaySo) {
+  // "\/" is JSON's escaped '/', part of the base64 alphabet.
+  const Message* m = Add(R"({"internetMessageId": "<g@x>", "hasAttachments": true, "attachments": [
+      {"name": "a.bin", "contentType": "application/octet-stream", "contentBytes": "\/\/8gaGk="},
+      {"name": "meta.pdf", "contentType": "application/pdf", "size": 10}]})",
+                         InputKind::kGraphJson);
+  ASSERT_EQ(m->record.attachments.size(), 2u);
+  auto stage = MakeStage({});
+  ASSERT_EQ(Run(*stage).size(), 1u);
+  const Attachment& bytes = m->record.attachments[0];
+  EXPECT_EQ(bytes.stored, store_->Reference(bytes.sha256));
+  EXPECT_EQ(ReadFile(store_->PathOf(bytes.sha256)), "\xFF\xFF hi");
+  EXPECT_EQ(m->record.attachments[1].not_stored, "bytes_not_in_input");
+  EXPECT_EQ(stage->counters().bytes_not_in_input.load(), 1u);
 }
 
 // A store that answers only when the test says so: shows that a slow store holds messages back
