@@ -329,13 +329,17 @@ void S3ObjectStore::Fail(Upload* u, std::string error) {
 
 void S3ObjectStore::Finish(Upload* u, storage::ObjectWriteOutcome outcome, std::string error) {
   if (outcome == storage::ObjectWriteOutcome::kFailed) base::BumpSingleWriter(counters_.failed);
-  {
-    std::lock_guard lock(done_mutex_);
-    done_.push_back(storage::ObjectWriteResult{u->token, outcome, std::move(error)});
-  }
+  const std::uint64_t token = u->token;
   uploads_.erase(u);
   delete u;
-  if (engine::Waiter* waiter = waiter_.load(std::memory_order_acquire)) waiter->Notify();
+  std::lock_guard lock(done_mutex_);
+  done_.push_back(storage::ObjectWriteResult{token, outcome, std::move(error)});
+  if (waiter_ != nullptr) waiter_->Notify();
+}
+
+void S3ObjectStore::set_completion_waiter(engine::Waiter* waiter) {
+  std::lock_guard lock(done_mutex_);
+  waiter_ = waiter;
 }
 
 void S3ObjectStore::Report(engine::Snapshot& s) const {

@@ -21,7 +21,8 @@
 //   logged: errors carry only the status, the code and the key.
 // Budget: none (the service meters storage); see [attachments] budget_mib in docs/operations.md.
 // Threading: the ObjectStore methods on the attachment stage's thread; everything else on the
-//   network thread. Results cross over under a mutex, then the stage's waiter is notified.
+//   network thread. Results cross over under a mutex, and the stage's waiter is notified under
+//   the same mutex, so set_completion_waiter(nullptr) is a clean hand-back of the waiter.
 //   Report from any thread (relaxed loads of single-writer counters).
 // Lifetime: the destructor lets operations in flight finish (their buffers belong to the stage,
 //   which destroys the store before them), then stops and joins the network thread.
@@ -87,7 +88,7 @@ class S3ObjectStore final : public storage::ObjectStore {
   bool TrySubmit(const storage::ObjectWrite& write) override;
   void Poll(std::vector<storage::ObjectWriteResult>& out) override;
   std::size_t in_flight() const override { return in_flight_tokens_; }
-  void set_completion_waiter(engine::Waiter* waiter) override { waiter_.store(waiter, std::memory_order_release); }
+  void set_completion_waiter(engine::Waiter* waiter) override;
   bool needs_polling() const override { return false; }
   void Report(engine::Snapshot& snapshot) const override;
 
@@ -110,7 +111,6 @@ class S3ObjectStore final : public storage::ObjectStore {
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<HttpClient> client_;
   std::thread loop_thread_;
-  std::atomic<engine::Waiter*> waiter_{nullptr};
 
   // Stage thread: objects in flight by hex digest, and the tokens that joined each.
   std::unordered_map<std::string, std::vector<std::uint64_t>> joined_;
@@ -120,6 +120,7 @@ class S3ObjectStore final : public storage::ObjectStore {
 
   std::mutex done_mutex_;
   std::vector<storage::ObjectWriteResult> done_;  // under done_mutex_
+  engine::Waiter* waiter_ = nullptr;              // under done_mutex_ (notified under it too)
   std::vector<storage::ObjectWriteResult> taken_;  // stage thread
 
   // Network thread.

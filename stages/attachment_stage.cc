@@ -69,6 +69,12 @@ std::size_t AttachmentStage::RunOnce() {
     release();
     out_.Flush();
   }
+  if (in_->IsDrained() && held_.empty() && out_.empty() && store_->in_flight() == 0 && !waiter_released_) {
+    // Finished: hand the thread's waiter back before reporting it, since the topology may free
+    // it once every stage on the thread is finished.
+    store_->set_completion_waiter(nullptr);
+    waiter_released_ = true;
+  }
   return work;
 }
 
@@ -155,9 +161,7 @@ void AttachmentStage::LogRefusal(std::string_view what, const std::string& detai
   unlogged_refusals_ = 0;
 }
 
-bool AttachmentStage::IsFinished() const {
-  return in_->IsDrained() && held_.empty() && out_.empty() && store_->in_flight() == 0;
-}
+bool AttachmentStage::IsFinished() const { return waiter_released_; }
 
 engine::Clock::time_point AttachmentStage::next_deadline() const {
   if (store_->needs_polling() && store_->in_flight() > 0) return engine::Clock::now() + config_.poll_interval;

@@ -109,6 +109,7 @@ class AttachmentStage final : public engine::Stage {
   std::uint64_t next_token_ = 1;
   std::uint64_t in_flight_bytes_ = 0;
   bool waiter_set_ = false;
+  bool waiter_released_ = false;  // finished: the store no longer notifies this thread
   engine::Clock::time_point last_log_{};
   std::uint64_t unlogged_refusals_ = 0;
   AttachmentCounters counters_;

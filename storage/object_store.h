@@ -62,7 +62,9 @@ class ObjectStore {
   virtual void Poll(std::vector<ObjectWriteResult>& out) = 0;
   // Operations submitted and not yet polled.
   virtual std::size_t in_flight() const = 0;
-  // Stores that complete on another thread notify `waiter` after publishing results.
+  // Stores that complete on another thread notify `waiter` after publishing results. Once a call
+  // returns, the store no longer touches the waiter set before (null: notify nobody), so the
+  // caller may then let the waiter's thread end and free it.
   virtual void set_completion_waiter(engine::Waiter* /*waiter*/) {}
   // True when results only arrive by polling (the caller must poll again soon while in_flight).
   virtual bool needs_polling() const = 0;
