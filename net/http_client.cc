@@ -393,7 +393,8 @@ const llhttp_settings_t& HttpClient::ParserSettings() {
     s.on_headers_complete = [](llhttp_t* p) -> int {
       auto* c = static_cast<Connection*>(p->data);
       c->response.status = p->status_code;
-      return 0;
+      // A response to HEAD has no body whatever its Content-Length says (1: skip the body).
+      return c->current != nullptr && c->current->request.method == "HEAD" ? 1 : 0;
     };
     s.on_body = [](llhttp_t* p, const char* at, std::size_t n) -> int {
       static_cast<Connection*>(p->data)->response.body.append(at, n);

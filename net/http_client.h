@@ -9,6 +9,7 @@
 //   "connect", "timeout", "closed" (reset or EOF before a full response), "tls" or "protocol";
 //   all of them mean the request may or may not have reached the server.
 // Timeouts: request_timeout covers connect, TLS handshake, sending and the whole response.
+// HEAD: the response is complete after its headers (its Content-Length describes the object).
 //
 // Threading: Create on any thread; everything else on the loop thread. The callback runs on the
 //   loop thread and may call Send again.

@@ -191,7 +191,7 @@ void GraphJsonParser::ReadAttachments(ondemand::value value) {
       const DecodeStatus status = DecodeBase64(content_bytes, decoded_);
       if (status.invalid) AddDefect(defect::kBadBase64);
       if (status.truncated) AddDefect(defect::kTruncatedBase64);
-      AddAttachment(record, name, content_type, decoded_.view());
+      AddAttachment(record, name, content_type, decoded_.view(), content_bytes, TransferEncoding::kBase64);
     } else {
       Attachment& a = record.attachments.emplace_back();
       a.filename = name;

@@ -942,7 +942,8 @@ void MimeParser::ParseBody(const Entity& entity, std::string_view body, std::siz
     }
     if (filename.empty()) filename = GetParam(ct.params, "name", true);
     if (attachment || !filename.empty()) {
-      AddAttachment(*record_, filename, record_->parts[part_index].content_type, inner);
+      AddAttachment(*record_, filename, record_->parts[part_index].content_type, inner, inner,
+                    TransferEncoding::kIdentity);
     }
     ParseEntity(inner, depth + 1, false, /*in_attached_message=*/true);
     return;
@@ -1039,7 +1040,13 @@ void MimeParser::ParseLeaf(const Entity& entity, const ContentType& ct, std::str
   bool in_scratch = false;
   const std::string_view decoded = DecodeTransfer(entity.transfer_encoding, body, in_scratch);
   record_->parts[part_index].decoded_size = decoded.size();
-  if (attachment) AddAttachment(*record_, filename, record_->parts[part_index].content_type, decoded);
+  if (attachment) {
+    const Cte cte = ClassifyCte(entity.transfer_encoding);
+    const TransferEncoding encoding = cte == Cte::kBase64            ? TransferEncoding::kBase64
+                                      : cte == Cte::kQuotedPrintable ? TransferEncoding::kQuotedPrintable
+                                                                     : TransferEncoding::kIdentity;
+    AddAttachment(*record_, filename, record_->parts[part_index].content_type, decoded, body, encoding);
+  }
   if (!body_candidate) return;
   const std::string_view charset = GetParam(ct.params, "charset", false);
   if (!in_scratch && ClassifyCte(entity.transfer_encoding) == Cte::kIdentity &&

@@ -22,12 +22,25 @@ struct Address {
   std::string_view address;  // local@domain with the domain lower-cased
 };
 
+// How Attachment::encoded must be decoded to give the attachment's bytes.
+enum class TransferEncoding : std::uint8_t { kIdentity, kBase64, kQuotedPrintable };
+
 struct Attachment {
   std::string_view filename;      // decoded to UTF-8; "" when the part has none
   std::string_view content_type;  // "type/subtype", lower-case
   std::uint64_t size = 0;         // decoded bytes
   std::array<std::uint8_t, 32> sha256{};
   bool has_sha256 = false;        // false when the bytes were not in the input (Graph without contentBytes)
+  // The bytes as they appear in the input (a view into Message::raw or its arena), decoded again
+  // by the attachment store: the parser hashes while decoding into a reused scratch buffer and
+  // keeps no decoded copy. Empty when has_sha256 is false.
+  std::string_view encoded;
+  TransferEncoding encoding = TransferEncoding::kIdentity;
+  // Set by the attachment stage when a store is configured (both empty otherwise): the store's
+  // reference ("sha256:<hex>", "s3://bucket/key"; in the arena), or why the bytes were not
+  // stored ("too_large", "budget_full", "store_error", "bytes_not_in_input"; a static string).
+  std::string_view stored;
+  std::string_view not_stored;
 };
 
 // One MIME entity of the message tree, in pre-order (root first). Containers (multipart/*) and

@@ -50,13 +50,24 @@ void SetBody(Record& record, engine::Arena& arena, ScratchBuffer& scratch, bool 
 }
 
 void AddAttachment(Record& record, std::string_view filename, std::string_view content_type,
-                   std::string_view decoded) {
+                   std::string_view decoded, std::string_view encoded, TransferEncoding encoding) {
   Attachment& a = record.attachments.emplace_back();
   a.filename = filename;
   a.content_type = content_type;
   a.size = decoded.size();
   a.sha256 = Sha256(decoded);
   a.has_sha256 = true;
+  a.encoded = encoded;
+  a.encoding = encoding;
+}
+
+void DecodeAttachment(const Attachment& attachment, ScratchBuffer& out) {
+  out.Clear();
+  switch (attachment.encoding) {
+    case TransferEncoding::kIdentity: out.Append(attachment.encoded); break;
+    case TransferEncoding::kBase64: DecodeBase64(attachment.encoded, out); break;
+    case TransferEncoding::kQuotedPrintable: DecodeQuotedPrintable(attachment.encoded, out); break;
+  }
 }
 
 }  // namespace mailrail::stages

@@ -26,8 +26,13 @@ std::string_view LowerCase(std::string_view text, engine::Arena& arena);
 void SetBody(Record& record, engine::Arena& arena, ScratchBuffer& scratch, bool has_plain, std::string_view plain,
              bool has_html, std::string_view html);
 
-// Appends an attachment with the size and SHA-256 of `decoded`.
+// Appends an attachment with the size and SHA-256 of `decoded`, which is `encoded` (a view that
+// lives as long as the record) decoded with `encoding`.
 void AddAttachment(Record& record, std::string_view filename, std::string_view content_type,
-                   std::string_view decoded);
+                   std::string_view decoded, std::string_view encoded, TransferEncoding encoding);
+
+// Decodes an attachment's bytes again from Attachment::encoded into `out` (cleared first), with
+// the same lenient decoders the parser used, so the result hashes to Attachment::sha256.
+void DecodeAttachment(const Attachment& attachment, ScratchBuffer& out);
 
 }  // namespace mailrail::stages

@@ -213,10 +213,18 @@ void AppendRecordJson(const Message& msg, std::string& out) {
     if (a.has_sha256) {
       out += '"';
       AppendHexBytes(a.sha256.data(), a.sha256.size(), out);
-      out += "\"}";
+      out += '"';
     } else {
-      out += "null}";  // Graph metadata without contentBytes: the bytes were never seen
+      out += "null";  // Graph metadata without contentBytes: the bytes were never seen
     }
+    if (!a.stored.empty()) {
+      out += ",\"stored\":";
+      AppendJsonString(a.stored, out);
+    } else if (!a.not_stored.empty()) {
+      out += ",\"not_stored\":";
+      AppendJsonString(a.not_stored, out);
+    }
+    out += '}';
   }
   out += "],\"body_preview\":";
   AppendJsonString(r.body_preview, out);

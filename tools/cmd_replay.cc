@@ -12,6 +12,7 @@
 #include <fmt/core.h>
 
 #include "stages/replay_source.h"
+#include "tools/config.h"
 #include "tools/pipeline.h"
 
 namespace mailrail::tools {
@@ -31,6 +32,7 @@ struct ReplayFlags {
   std::size_t batch_records = 500;
   std::size_t dedup_threads = 1;
   std::string stats_json;  // empty: none
+  std::string attachments_config;  // a daemon config file whose [attachments] section is used
 };
 
 // The first sample of `snapshot` named `name` whose labels include `label` (when given); 0 if none.
@@ -124,6 +126,14 @@ int RunReplay(const ReplayFlags& flags) {
     fmt::print(stderr, "mailrail replay: WARNING: --wal-sync none: the WAL does not fdatasync; a crash loses data. "
                        "For benchmarks only.\n");
   }
+  if (!flags.attachments_config.empty()) {
+    auto config = LoadConfig(flags.attachments_config);
+    if (!config) {
+      fmt::print(stderr, "mailrail replay: {}\n", config.error().message);
+      return 2;
+    }
+    settings.attachments = config->attachments;
+  }
   auto pipeline = Pipeline::Open(settings);
   if (!pipeline) {
     fmt::print(stderr, "mailrail replay: {}\n", pipeline.error().message);
@@ -200,6 +210,13 @@ int RunReplay(const ReplayFlags& flags) {
                f.batches_acknowledged.value(), f.batches_dead_lettered.value(), f.retries.value(),
                f.circuit_opens.value());
   }
+  if (const stages::AttachmentStage* attachments = p.attachments()) {
+    const stages::AttachmentCounters& a = attachments->counters();
+    fmt::print("attachments: {} seen, {} stored (referenced), not stored: too large {}, budget full {}, store error {}, "
+               "bytes not in input {}\n",
+               a.seen.load(), a.stored.load(), a.too_large.load(), a.budget_full.load(), a.store_error.load(),
+               a.bytes_not_in_input.load());
+  }
   fmt::print("not ingested: unreadable files {}, messages over the size limit {}, skipped as already durable {}\n",
              in.unreadable_files.load(), in.rejected_too_large.load(), in.skipped_before_checkpoint.load());
   fmt::print("sink: {}\n", flags.sink);
@@ -249,6 +266,8 @@ void AddReplayCommand(CLI::App& app) {
   cmd->add_option("--dedup-threads", flags->dedup_threads, "Dedup worker threads (1..4, the default shard count)")
       ->check(CLI::Range(1, 4))
       ->capture_default_str();
+  cmd->add_option("--attachments-config", flags->attachments_config,
+                  "A mailrail config file whose [attachments] section configures the attachment store");
   cmd->add_flag("--fresh", flags->fresh, "Ignore and do not write the replay checkpoint");
   cmd->add_option("--stats-json", flags->stats_json, "Write the final stats snapshot (JSON) to this file");
   cmd->callback([flags] { throw CLI::RuntimeError(RunReplay(*flags)); });

@@ -258,6 +258,7 @@ int RunDaemon(const std::string& config_path) {
   settings.dedup_duplicates_log = config.dedup_duplicates_log;
   settings.dedup_threads = config.dedup_threads;
   settings.filter.rules_path = config.filter.rules;
+  settings.attachments = config.attachments;
   auto opened = Pipeline::Open(settings);
   if (!opened) {
     fmt::print(stderr, "mailrail run: {}\n", opened.error().message);

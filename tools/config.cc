@@ -106,6 +106,29 @@ class TableReader {
 
   void MarkKnown(std::string_view key) { known_.insert(std::string(key)); }
 
+  // A secret given inline (`key`) or in a file (`file_key`, relative to the config file; trailing
+  // line breaks removed): exactly one of the two, or neither when not `required`. The secret itself
+  // never appears in an error.
+  void GetSecret(std::string_view key, std::string_view file_key, std::string& out, bool required = true) {
+    std::string path_text;
+    Get(key, out);
+    Get(file_key, path_text);
+    if (out.empty() && path_text.empty() && !required) return;
+    if (out.empty() == path_text.empty()) {
+      Fail(table_, key, fmt::format("give exactly one of {} and {}", key, file_key));
+      return;
+    }
+    if (path_text.empty()) return;
+    std::filesystem::path path(path_text);
+    if (path.is_relative() && file_.front() != '<') path = std::filesystem::path(file_).parent_path() / path;
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    out = text.str();
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+    if (!in || out.empty()) Fail(*table_.get(file_key), file_key, "cannot read a secret from " + path.string());
+  }
+
   const toml::table* Subtable(std::string_view key) {
     known_.insert(std::string(key));
     const toml::node* node = table_.get(key);
@@ -204,20 +227,6 @@ void ReadTopology(TableReader& top, DaemonConfig& config) {
   r.RejectUnknown();
 }
 
-// Reads a secret from `file_key`'s file (relative to the config file), without its line break.
-// The secret never appears in the error.
-void ReadSecretFile(TableReader& r, const toml::node& node, std::string_view file_key, const std::string& file,
-                    std::string& secret) {
-  std::filesystem::path path(file);
-  if (path.is_relative() && r.file().front() != '<') path = std::filesystem::path(r.file()).parent_path() / path;
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  secret = text.str();
-  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
-  if (!in || secret.empty()) r.Fail(node, file_key, "cannot read a secret from " + path.string());
-}
-
 // A non-empty array of folder names without tabs or line breaks (they go into checkpoint lines).
 void ReadFolders(TableReader& r, const toml::table& t, std::vector<std::string>& folders) {
   r.MarkKnown("folders");
@@ -271,6 +280,55 @@ void CheckMailboxName(TableReader& m, const toml::table& t, const std::string& n
   }
 }
 
+void ReadAttachments(TableReader& top, AttachmentStoreSettings& out) {
+  const toml::table* table = top.Subtable("attachments");
+  if (table == nullptr) return;
+  TableReader r(*table, top.file(), "attachments.", top.errors());
+  r.GetChoice("store", out.store, {"none", "disk", "s3"});
+  r.GetRange("max_bytes", out.stage.max_bytes, 1, std::size_t{1} << 30);
+  std::size_t budget_mib = out.budget_bytes >> 20;
+  r.GetRange("budget_mib", budget_mib, 0, std::size_t{1} << 30);
+  out.budget_bytes = std::uint64_t{budget_mib} << 20;
+  r.GetRange("max_in_flight", out.max_in_flight, 1, 1024);
+  std::size_t in_flight_mib = out.stage.in_flight_bytes >> 20;
+  r.GetRange("in_flight_mib", in_flight_mib, 1, 64 * 1024);
+  out.stage.in_flight_bytes = std::uint64_t{in_flight_mib} << 20;
+  const toml::table* s3 = r.Subtable("s3");
+  r.RejectUnknown();
+  if (out.store == "s3" && budget_mib > 0) {
+    r.Fail(*table->get("budget_mib"), "budget_mib", "applies to the disk store only (the S3 service meters storage)");
+  }
+  if (s3 == nullptr) {
+    if (out.store == "s3") r.Fail(*table, "s3", "store = \"s3\" needs an [attachments.s3] table");
+    return;
+  }
+  TableReader t(*s3, top.file(), "attachments.s3.", top.errors());
+  net::S3StoreConfig& c = out.s3;
+  t.Get("endpoint", c.endpoint);
+  t.Get("region", c.region);
+  t.Get("bucket", c.bucket);
+  t.Get("access_key_id", c.credentials.access_key_id);
+  t.GetSecret("secret_access_key", "secret_file", c.credentials.secret_access_key);
+  t.Get("prefix", c.prefix);
+  std::size_t threshold_mib = c.multipart_threshold >> 20;
+  t.GetRange("multipart_threshold_mib", threshold_mib, 5, 5 * 1024);
+  c.multipart_threshold = std::uint64_t{threshold_mib} << 20;
+  std::size_t part_mib = c.part_size >> 20;
+  t.GetRange("part_size_mib", part_mib, 5, 5 * 1024);
+  c.part_size = std::uint64_t{part_mib} << 20;
+  t.GetRange("max_attempts", c.max_attempts, 1, 100);
+  t.Get("verify_peer", c.verify_peer);
+  t.Get("ca_file", c.ca_file);
+  if (c.endpoint.rfind("http://", 0) != 0 && c.endpoint.rfind("https://", 0) != 0) {
+    const toml::node* endpoint = s3->get("endpoint");
+    t.Fail(endpoint != nullptr ? *endpoint : *s3, "endpoint", "must be an http:// or https:// URL");
+  }
+  if (c.bucket.empty()) t.Fail(*s3, "bucket", "is required");
+  if (c.region.empty()) t.Fail(*s3, "region", "must not be empty");
+  if (c.credentials.access_key_id.empty()) t.Fail(*s3, "access_key_id", "is required");
+  t.RejectUnknown();
+}
+
 void ReadImap(TableReader& top, DaemonConfig& config) {
   const toml::table* table = top.Subtable("imap");
   if (table == nullptr) return;
@@ -300,9 +358,7 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
     m.Get("ca_file", mailbox.ca_file);
     m.Get("user", mailbox.user);
     m.GetChoice("auth", mailbox.auth, {"login", "plain"});
-    std::string password_file;
-    m.Get("password", mailbox.password);
-    m.Get("password_file", password_file);
+    m.GetSecret("password", "password_file", mailbox.password);
     std::size_t months = mailbox.months;
     m.GetRange("months", months, 0, 1200);
     mailbox.months = static_cast<unsigned>(months);
@@ -310,11 +366,6 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
     ReadFolders(m, t, mailbox.folders);
     if (mailbox.host.empty()) m.Fail(t, "host", "is required");
     if (mailbox.user.empty()) m.Fail(t, "user", "is required");
-    if (mailbox.password.empty() == password_file.empty()) {
-      m.Fail(t, "password", "give exactly one of password and password_file");
-    } else if (!password_file.empty()) {
-      ReadSecretFile(m, *t.get("password_file"), "password_file", password_file, mailbox.password);
-    }
     // LOGIN sends both as quoted strings, which cannot carry line breaks (the secret is not echoed).
     if (mailbox.user.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
       m.Fail(t, "user", "must not contain line breaks or NUL");
@@ -340,9 +391,6 @@ void ReadGraph(TableReader& top, DaemonConfig& config) {
   r.Get("tenant", tenant);
   r.Get("token_url", graph.token_url);
   r.Get("client_id", graph.client_id);
-  std::string secret_file;
-  r.Get("client_secret", graph.client_secret);
-  r.Get("client_secret_file", secret_file);
   r.Get("scope", graph.scope);
   r.Get("verify_peer", graph.verify_peer);
   r.Get("ca_file", graph.ca_file);
@@ -379,12 +427,8 @@ void ReadGraph(TableReader& top, DaemonConfig& config) {
       graph.token_url = "https://login.microsoftonline.com/" + tenant + "/oauth2/v2.0/token";
     }
     if (graph.client_id.empty()) r.Fail(*table, "client_id", "is required when [[graph.mailbox]] is configured");
-    if (graph.client_secret.empty() == secret_file.empty()) {
-      r.Fail(*table, "client_secret", "give exactly one of client_secret and client_secret_file");
-    }
   }
-  if (!secret_file.empty()) ReadSecretFile(r, *table->get("client_secret_file"), "client_secret_file", secret_file,
-                                           graph.client_secret);
+  r.GetSecret("client_secret", "client_secret_file", graph.client_secret, /*required=*/!graph.mailboxes.empty());
   if (graph.base_url.rfind("http://", 0) != 0 && graph.base_url.rfind("https://", 0) != 0) {
     r.Fail(*table, "base_url", "must be an http:// or https:// URL");
   }
@@ -566,6 +610,7 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
   }
   ReadImap(top, config);
   ReadGraph(top, config);
+  ReadAttachments(top, config.attachments);
   if (const toml::table* t = top.Subtable("shutdown")) {
     TableReader r(*t, file, "shutdown.", errors);
     std::size_t ms = static_cast<std::size_t>(config.drain_deadline.count());

@@ -19,6 +19,7 @@
 #include "net/graph_source.h"
 #include "net/imap_source.h"
 #include "stages/dedup_stage.h"
+#include "tools/pipeline.h"
 #include "storage/wal_writer.h"
 
 namespace mailrail::tools {
@@ -81,6 +82,8 @@ struct DaemonConfig {
   // [graph] and [[graph.mailbox]]: Microsoft Graph mailboxes (none by default).
   // checkpoint_path is <data_dir>/graph.checkpoint; max_message_bytes is set by the daemon.
   net::GraphSourceConfig graph;
+  // [attachments] and [attachments.s3]: the attachment store (off by default).
+  AttachmentStoreSettings attachments;
 
   std::chrono::milliseconds drain_deadline{30000};
 };

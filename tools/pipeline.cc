@@ -5,6 +5,7 @@
 #include <fmt/core.h>
 
 #include "storage/checkpoint.h"
+#include "storage/disk_object_store.h"
 
 namespace mailrail::tools {
 
@@ -43,7 +44,11 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
   p->parsed_ = t.MakeChannel<stages::Message*>(s.dedup_threads == 1 ? "parse->dedup" : "parse->dedup-route",
                                                s.ring_capacity);
   if (auto status = p->OpenDedup(report.checkpoint_lsn); !status) return status.error();
-  p->filtered_ = t.MakeChannel<stages::Message*>("filter->forward", s.ring_capacity);
+  const bool store_attachments = s.attachments.store != "none";
+  p->filtered_ = t.MakeChannel<stages::Message*>(store_attachments ? "filter->attachments" : "filter->forward",
+                                                 s.ring_capacity);
+  if (auto status = p->OpenAttachments(); !status) return status.error();
+  engine::Channel<stages::Message*>* to_sink = store_attachments ? p->stored_ : p->filtered_;
   auto quarantine = stages::QuarantineStore::Open((std::filesystem::path(s.data_dir) / "quarantine").string());
   if (!quarantine) return quarantine.error();
   p->quarantine_ = std::move(quarantine).value();
@@ -87,12 +92,12 @@ base::Result<std::unique_ptr<Pipeline>> Pipeline::Open(const PipelineSettings& s
     }
     forward.client.batch_journal_path = (std::filesystem::path(s.data_dir) / "forward.batches").string();
     forward.client.forwarded_through_lsn = report.checkpoint_lsn;
-    auto stage = net::HttpForwardStage::Create(forward, p->filtered_, p->pool_.get(), std::move(on_durable));
+    auto stage = net::HttpForwardStage::Create(forward, to_sink, p->pool_.get(), std::move(on_durable));
     if (!stage) return stage.error();
     p->http_forward_ = stage.value().get();
     p->pending_sink_ = std::move(stage).value();
   } else {
-    auto sink = stages::JsonlSink::Create(s.jsonl_path, p->filtered_, p->pool_.get(), std::move(on_durable));
+    auto sink = stages::JsonlSink::Create(s.jsonl_path, to_sink, p->pool_.get(), std::move(on_durable));
     if (!sink) return sink.error();
     p->pending_sink_ = std::move(sink).value();
   }
@@ -139,6 +144,37 @@ base::Status Pipeline::OpenDedup(std::uint64_t checkpoint_lsn) {
   return base::OkStatus();
 }
 
+base::Status Pipeline::OpenAttachments() {
+  const AttachmentStoreSettings& a = settings_.attachments;
+  if (a.store == "none") return base::OkStatus();
+  std::unique_ptr<storage::ObjectStore> store;
+  if (a.store == "disk") {
+    storage::DiskObjectStoreConfig disk;
+    disk.root = (std::filesystem::path(settings_.data_dir) / "attachments").string();
+    disk.budget_bytes = a.budget_bytes;
+    disk.max_in_flight = a.max_in_flight;
+    auto opened = storage::DiskObjectStore::Open(disk);
+    if (!opened) return opened.error();
+    if (opened.value()->removed_temporaries() > 0) {
+      fmt::print(stderr, "mailrail: attachments: removed {} unfinished temporary files of an earlier run\n",
+                 opened.value()->removed_temporaries());
+    }
+    store = std::move(opened).value();
+  } else if (a.store == "s3") {
+    net::S3StoreConfig s3 = a.s3;
+    s3.max_in_flight = a.max_in_flight;
+    auto opened = net::S3ObjectStore::Create(std::move(s3));
+    if (!opened) return opened.error();
+    store = std::move(opened).value();
+  } else {
+    return base::MakeError("attachments.config", "attachments.store: unknown store '" + a.store + "'");
+  }
+  stored_ = topology_.MakeChannel<stages::Message*>("attachments->forward", settings_.ring_capacity);
+  pending_attachments_ = std::make_unique<stages::AttachmentStage>(a.stage, std::move(store), filtered_, stored_);
+  attachments_ = pending_attachments_.get();
+  return base::OkStatus();
+}
+
 std::size_t Pipeline::max_message_bytes() const { return static_cast<std::size_t>(writer_->max_message_bytes()); }
 
 void Pipeline::AddSource(std::unique_ptr<engine::Stage> source) {
@@ -160,7 +196,12 @@ base::Status Pipeline::Start() {
     t.AddStage(std::move(pending_dedup_[w]), {dedup_in_.empty() ? parsed_ : dedup_in_[w]}, {deduped_[w]});
   }
   t.AddStage(std::move(pending_filter_), {deduped_.begin(), deduped_.end()}, {filtered_});
-  t.AddStage(std::move(pending_sink_), {filtered_}, {});
+  if (pending_attachments_) {
+    t.AddStage(std::move(pending_attachments_), {filtered_}, {stored_});
+    t.AddStage(std::move(pending_sink_), {stored_}, {});
+  } else {
+    t.AddStage(std::move(pending_sink_), {filtered_}, {});
+  }
   return t.Start();
 }
 

@@ -1,8 +1,9 @@
 #pragma once
 // Pipeline: what every mailrail process runs between its source and its terminal stage,
 //
-//   source ─► wal ─► parse ─► dedup ─► filter ─► terminal (HTTP downstream or JSONL file)
-//   WAL recovery ─┘                      │         └─ forward checkpoint: "forwarded through LSN N"
+//   source ─► wal ─► parse ─► dedup ─► filter ─► [attachments] ─► terminal (HTTP downstream or JSONL file)
+//   WAL recovery ─┘                      │              │             └─ forward checkpoint: "forwarded through LSN N"
+//                                        │              └─ <data_dir>/attachments or S3 (only with a store configured)
 //                                        └─ quarantine store (<data_dir>/quarantine)
 //
 // wired into one engine::Topology. With [dedup] threads = N > 1, dedup is a DedupRouter and N
@@ -34,6 +35,8 @@
 #include "engine/stats.h"
 #include "engine/topology.h"
 #include "net/http_forward_stage.h"
+#include "net/s3_object_store.h"
+#include "stages/attachment_stage.h"
 #include "stages/dedup_router.h"
 #include "stages/dedup_stage.h"
 #include "stages/filter_stage.h"
@@ -47,6 +50,15 @@
 #include "storage/wal_writer.h"
 
 namespace mailrail::tools {
+
+// [attachments]: which store keeps attachment bytes (docs/operations.md has every key).
+struct AttachmentStoreSettings {
+  std::string store = "none";  // none | disk (<data_dir>/attachments) | s3
+  stages::AttachmentStageConfig stage;
+  std::uint64_t budget_bytes = 0;  // disk store; 0: unlimited
+  std::size_t max_in_flight = 32;  // objects being written at once
+  net::S3StoreConfig s3;           // s3.max_in_flight is max_in_flight
+};
 
 struct PipelineSettings {
   std::string data_dir = "mailrail-data";
@@ -66,6 +78,7 @@ struct PipelineSettings {
   std::size_t dedup_threads = 1;      // dedup workers (1..dedup.set.shards)
   // rules: a file or "builtin:default"; quarantine is opened by Open in <data_dir>/quarantine.
   stages::FilterStageConfig filter;
+  AttachmentStoreSettings attachments;
 };
 
 class Pipeline {
@@ -108,12 +121,16 @@ class Pipeline {
   const std::vector<stages::DedupStage*>& dedup_workers() const { return dedup_; }
   stages::FilterStage& filter() { return *filter_; }
   const stages::QuarantineStore& quarantine() const { return *quarantine_; }
+  // The attachment stage, or null when no store is configured.
+  const stages::AttachmentStage* attachments() const { return attachments_; }
   const storage::WalWriter& wal() const { return *writer_; }
 
  private:
   explicit Pipeline(const PipelineSettings& settings);
   // Creates the dedup stage(s) between parsed_ and deduped_ (Open's part for dedup).
   base::Status OpenDedup(std::uint64_t checkpoint_lsn);
+  // Creates the attachment stage between filtered_ and stored_ when a store is configured.
+  base::Status OpenAttachments();
 
   PipelineSettings settings_;
   std::unique_ptr<stages::MessagePool> pool_;
@@ -126,12 +143,15 @@ class Pipeline {
   std::vector<engine::Channel<stages::Message*>*> dedup_in_;  // router -> worker (several workers)
   std::vector<engine::Channel<stages::Message*>*> deduped_;   // worker -> filter
   engine::Channel<stages::Message*>* filtered_ = nullptr;
+  engine::Channel<stages::Message*>* stored_ = nullptr;  // attachments -> forward (with a store)
   stages::WalRecoverySource* recovery_ = nullptr;
   stages::ParseStage* parse_ = nullptr;
   std::unique_ptr<stages::QuarantineStore> quarantine_;
   std::unique_ptr<stages::DedupRouter> pending_router_;  // added to the topology by Start
   std::vector<std::unique_ptr<stages::DedupStage>> pending_dedup_;
   std::unique_ptr<stages::FilterStage> pending_filter_;
+  std::unique_ptr<stages::AttachmentStage> pending_attachments_;
+  stages::AttachmentStage* attachments_ = nullptr;
   std::vector<stages::DedupStage*> dedup_;
   stages::FilterStage* filter_ = nullptr;
   std::unique_ptr<stages::TerminalStage> pending_sink_;  // added to the topology by Start

@@ -4,6 +4,8 @@ real clients. Every wait is on an event (a log line, a socket answer, process ex
 
     daemon_test.py MAILRAIL_BIN
 """
+import base64
+import hashlib
 import json
 import os
 import re
@@ -318,6 +320,32 @@ class DaemonTest(unittest.TestCase):
                                 capture_output=True, text=True, timeout=10)
         self.assertTrue(json.loads(listed.stdout.splitlines()[0])["redriven"])
         self.assertEqual(d.stop(), 0)
+
+    def test_attachment_store_on_the_daemon(self):
+        pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40
+        sha = hashlib.sha256(pdf).hexdigest()
+        d = Daemon(self.tmp, '[attachments]\nstore = "disk"\n')
+        d.ingest(("From: a@vendor.example\r\nTo: ap@corp.example\r\nSubject: invoice\r\n"
+                  "Message-ID: <att-1@vendor.example>\r\nMIME-Version: 1.0\r\n"
+                  "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+                  "--b\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                  + base64.encodebytes(pdf).decode() + "--b--\r\n").encode())
+        graph = json.dumps({"id": "g-att", "internetMessageId": "<att-2@vendor.example>", "subject": "graph",
+                            "attachments": [{"name": "b.pdf", "contentType": "application/pdf",
+                                             "contentBytes": base64.b64encode(pdf).decode()}]}).encode()
+        status, body = d.request("POST", "/ingest", graph, {"Content-Type": "application/json"})
+        self.assertEqual(status, 202, body)
+        self.assertEqual(d.wait_outcomes({"forwarded": 2}).get("forwarded"), 2)
+        path = os.path.join(self.tmp, "data", "attachments", sha[:2], sha[2:4], sha)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), pdf)
+        stats = d.stats()
+        self.assertEqual(samples(stats, "attachments_stored"), [2])
+        self.assertEqual(sum(samples(stats, "attachment_objects_stored", store="disk")), 1)  # the same PDF twice
+        self.assertEqual(d.stop(), 0)
+        with open(os.path.join(self.tmp, "data", "records.jsonl")) as f:
+            refs = [a.get("stored") for line in f for a in json.loads(line)["attachments"]]
+        self.assertEqual(refs, ["sha256:" + sha] * 2)
 
     def test_stats_socket_reports_dedup_and_filter_counters(self):
         rules = os.path.join(self.tmp, "rules.toml")

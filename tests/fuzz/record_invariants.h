@@ -7,6 +7,7 @@
 
 #include "stages/message.h"
 #include "stages/parse_defects.h"
+#include "stages/record_builder.h"
 #include "stages/text_codec.h"
 
 namespace mailrail::fuzz {
@@ -29,8 +30,16 @@ inline std::string_view BrokenInvariant(const stages::Message& msg) {
   for (const auto& a : r.to) {
     if (!IsValidUtf8(a.name)) return "to_name_not_utf8";
   }
+  stages::ScratchBuffer decoded_again;
   for (const auto& a : r.attachments) {
     if (!IsValidUtf8(a.filename)) return "filename_not_utf8";
+    // The attachment store decodes Attachment::encoded again and files the bytes under sha256.
+    if (a.has_sha256) {
+      stages::DecodeAttachment(a, decoded_again);
+      if (decoded_again.size() != a.size || stages::Sha256(decoded_again.view()) != a.sha256) {
+        return "attachment_decodes_differently_again";
+      }
+    }
   }
   for (auto d : r.defects) {
     if (stages::defect::DefectIndex(d) >= stages::defect::kAll.size()) return "unknown_defect";

@@ -21,6 +21,7 @@
 
 #include "stages/date_time.h"
 #include "stages/mime_parser.h"
+#include "stages/record_builder.h"
 #include "tests/support/corpus.h"
 
 namespace mailrail::stages {
@@ -432,6 +433,30 @@ TEST(ConformanceTest, AgreesWithStalwartAndMime4jExceptKnownDisagreements) {
   }
   EXPECT_TRUE(fresh.empty()) << "new disagreements (fix them, or list them with a reason in " << known_path
                              << "):\n" << fresh;
+}
+
+// The attachment store decodes Attachment::encoded a second time and files the bytes under the
+// parser's sha256: on every attachment of the corpus the second decode must give those bytes.
+TEST(ConformanceTest, EveryCorpusAttachmentDecodesAgainToItsHash) {
+  const fs::path root = testing::CorpusDir();
+  if (!fs::is_directory(root)) GTEST_SKIP() << "corpus not found at " << root << " (set MAILRAIL_CORPUS_DIR)";
+  MessageParser parser;
+  Message msg;
+  ScratchBuffer again;
+  std::size_t attachments = 0;
+  for (const fs::path& path : testing::CorpusMessageFiles(root)) {
+    msg.Reset();
+    msg.raw = testing::ReadFile(path);
+    parser.Parse(msg);
+    for (const Attachment& a : msg.record.attachments) {
+      if (!a.has_sha256) continue;
+      ++attachments;
+      DecodeAttachment(a, again);
+      ASSERT_EQ(again.size(), a.size) << path;
+      ASSERT_TRUE(Sha256(again.view()) == a.sha256) << path << ": " << a.filename;
+    }
+  }
+  EXPECT_GT(attachments, 100u);
 }
 
 }  // namespace

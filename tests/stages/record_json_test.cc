@@ -75,6 +75,34 @@ TEST(RecordJsonTest, WritesTheBriefsSchemaAsValidJson) {
   EXPECT_EQ(doc["defects"].get_array().size(), 0u);
 }
 
+TEST(RecordJsonTest, AttachmentsCarryTheStoreReferenceOrWhyNot) {
+  Message msg;
+  Attachment stored;
+  stored.filename = "a.pdf";
+  stored.has_sha256 = true;
+  stored.stored = "sha256:9b00";
+  Attachment refused = stored;
+  refused.stored = {};
+  refused.not_stored = "too_large";
+  Attachment no_store = stored;
+  no_store.stored = {};
+  msg.record.attachments = {stored, refused, no_store};
+  std::string json;
+  AppendRecordJson(msg, json);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  ASSERT_EQ(parser.parse(json).get(doc), simdjson::SUCCESS) << json;
+  simdjson::dom::array list = doc["attachments"].get_array();
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(std::string_view(list.at(0)["stored"]), "sha256:9b00");
+  EXPECT_EQ(list.at(0)["not_stored"].error(), simdjson::NO_SUCH_FIELD);
+  EXPECT_EQ(std::string_view(list.at(1)["not_stored"]), "too_large");
+  EXPECT_EQ(list.at(1)["stored"].error(), simdjson::NO_SUCH_FIELD);
+  // Without a store configured the record keeps its old shape.
+  EXPECT_EQ(list.at(2)["stored"].error(), simdjson::NO_SUCH_FIELD);
+  EXPECT_EQ(list.at(2)["not_stored"].error(), simdjson::NO_SUCH_FIELD);
+}
+
 TEST(RecordJsonTest, AbsentFieldsAreNull) {
   Message msg;
   std::string json;
