@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <fmt/core.h>
 
@@ -71,13 +72,15 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   // Progress: the highest UID handed on (ready or pushed) under `validity`.
   std::uint64_t validity = 0;
   std::uint64_t fetched_uid = 0;
+  // Bumped by a fresh backfill: messages handed on before it no longer move the checkpoint.
+  std::uint64_t epoch = 0;
   struct Ready {
-    std::uint64_t validity, uid;
+    std::uint64_t validity, uid, epoch;
     std::string raw;
   };
   std::deque<Ready> ready;
   struct InFlight {
-    std::uint64_t token, validity, uid;
+    std::uint64_t token, validity, uid, epoch;
     bool settled;  // skipped (too large): nothing to wait for
   };
   std::deque<InFlight> in_flight;
@@ -85,6 +88,24 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   // The checkpoint: highest durable UID under durable_validity.
   std::uint64_t durable_validity = 0;
   std::uint64_t durable_uid = 0;
+
+  // Sync-job run (MailboxSyncSource). A requested run begins at the folder's next search.
+  bool enabled = true;         // false: backfill on request, not requested yet
+  unsigned months = 0;         // search window
+  bool run_requested = false;
+  bool run_backfill = false;   // the run's first search covers the window from UID 1
+  bool run_searching = false;  // the run's first search is in flight
+  bool run_started = false;    // ... and has completed
+  std::vector<std::uint64_t> run_found;  // sorted UIDs the run's searches found
+  std::set<std::uint64_t> run_failed;    // found, never ingested (too large, expunged)
+  std::uint64_t run_counted_uid = 0;     // highest found UID counted durable
+  std::uint64_t run_durable = 0;
+  std::uint64_t run_settled = 0;
+  std::deque<std::uint64_t> run_lsns;    // WAL LSNs of durable run messages not yet settled
+
+  bool InRun(std::uint64_t uid) const {
+    return (run_searching || run_started) && std::binary_search(run_found.begin(), run_found.end(), uid);
+  }
 
   ImapLogFields Fields() const { return {{"mailbox", mailbox->name}, {"folder", folder}}; }
 
@@ -192,9 +213,12 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
       f->folder = folder;
       f->id = m.name + "/" + folder;
       f->index = s->folders_.size();
+      f->months = m.months;
+      f->enabled = m.backfill_at_start;
       if (auto it2 = s->loaded_checkpoint_.find(f->id); it2 != s->loaded_checkpoint_.end()) {
         f->validity = f->durable_validity = it2->second.first;
         f->fetched_uid = f->durable_uid = it2->second.second;
+        f->enabled = true;  // synchronised before: keep it in sync
       }
       s->folders_.push_back(std::move(f));
     }
@@ -297,7 +321,9 @@ void ImapSource::Start() {
   loop_->AddBatchEndHook([this] {
     if (!held_.empty()) PushHeld();
   });
-  for (auto& f : folders_) RequestSlot(f.get());
+  for (auto& f : folders_) {
+    if (f->enabled) RequestSlot(f.get());
+  }
   Tick();
 }
 
@@ -452,9 +478,11 @@ void ImapSource::Search(Folder* f) {
   f->exists_changed = false;
   f->search_result.clear();
   f->search_malformed = false;
-  std::string criteria = fmt::format("UID SEARCH UID {}:*", f->fetched_uid + 1);
-  if (f->mailbox->months > 0) {
-    const std::int64_t since = base::UnixMs() / 1000 - std::int64_t{f->mailbox->months} * 31 * 24 * 3600;
+  if (f->run_requested) BeginRun(f);
+  const bool whole_window = f->run_searching && f->run_backfill;  // the run's total, from UID 1
+  std::string criteria = fmt::format("UID SEARCH UID {}:*", whole_window ? 1 : f->fetched_uid + 1);
+  if (f->months > 0) {
+    const std::int64_t since = base::UnixMs() / 1000 - std::int64_t{f->months} * 31 * 24 * 3600;
     criteria += " SINCE " + ImapDate(since);
   }
   criteria += fmt::format(" NOT LARGER {}", config_.max_message_bytes);
@@ -468,7 +496,23 @@ void ImapSource::Search(Folder* f) {
     std::vector<std::uint64_t>& uids = f->search_result;
     std::sort(uids.begin(), uids.end());
     uids.erase(std::unique(uids.begin(), uids.end()), uids.end());
+    if (f->run_searching) {
+      // The run's first search: on a resumed backfill, what the checkpoint covers is done already.
+      if (!f->run_backfill) uids.erase(uids.begin(), std::upper_bound(uids.begin(), uids.end(), f->fetched_uid));
+      f->run_searching = false;
+      f->run_started = true;
+      f->run_found = uids;
+      const auto covered = std::upper_bound(f->run_found.begin(), f->run_found.end(), f->durable_uid);
+      const std::uint64_t already = static_cast<std::uint64_t>(covered - f->run_found.begin());
+      f->run_durable = f->run_settled = already;
+      f->run_counted_uid = f->durable_uid;
+    }
     uids.erase(uids.begin(), std::upper_bound(uids.begin(), uids.end(), f->fetched_uid));
+    if (f->run_started && !uids.empty()) {  // a later search of the run adds what it found
+      f->run_found.insert(f->run_found.end(), uids.begin(), uids.end());
+      std::sort(f->run_found.begin(), f->run_found.end());
+      f->run_found.erase(std::unique(f->run_found.begin(), f->run_found.end()), f->run_found.end());
+    }
     f->to_fetch.swap(uids);
     f->next_fetch = 0;
     if (!f->to_fetch.empty()) {
@@ -493,15 +537,19 @@ void ImapSource::FetchMore(Folder* f) {
     f->next_fetch += n;
     ++f->fetches_outstanding;
     stats_.fetch_commands.Add();
-    const std::uint64_t last_uid = batch.back();
-    f->conn->Command("UID FETCH " + FormatUidSet(batch) + " (UID BODY.PEEK[])", [this, f, last_uid](ImapResponse& done) {
+    const std::string command = "UID FETCH " + FormatUidSet(batch) + " (UID BODY.PEEK[])";
+    f->conn->Command(command, [this, f, batch = std::move(batch)](ImapResponse& done) {
       if (!CheckOk(f, done, "FETCH")) return;
       --f->fetches_outstanding;
+      const std::uint64_t last_uid = batch.back();
       // Commands complete in order, so every body up to last_uid has arrived; a UID of the batch
       // without a body was expunged meanwhile.
+      for (std::uint64_t uid : batch) {
+        if (!f->arrived.contains(uid) && f->InRun(uid)) f->run_failed.insert(uid);
+      }
       auto end = f->arrived.upper_bound(last_uid);
       for (auto it = f->arrived.begin(); it != end; ++it) {
-        f->ready.push_back({f->validity, it->first, std::move(it->second)});
+        f->ready.push_back({f->validity, it->first, f->epoch, std::move(it->second)});
         ++f->session_fetched;
       }
       f->arrived.erase(f->arrived.begin(), end);
@@ -564,22 +612,10 @@ void ImapSource::Poll(Folder* f) {
 
 std::size_t ImapSource::PollNow() {
   std::size_t nudged = 0;
-  for (auto& fp : folders_) {
-    Folder* f = fp.get();
-    if (shut_down_) break;
-    if (f->conn == nullptr) {
-      if (!f->has_slot && !f->queued) {
-        RequestSlot(f);  // taking turns or backing off: come now
-        ++nudged;
-      }
-    } else if (f->phase == Phase::kPolling) {
-      Poll(f);
-      ++nudged;
-    } else if (f->phase == Phase::kIdle && f->idle_entered && !f->idle_done_sent) {
-      f->idle_done_sent = true;
-      f->conn->SendLine("DONE");  // IDLE's completion starts a search
-      ++nudged;
-    }
+  for (auto& f : folders_) {
+    if (shut_down_ || !f->enabled) continue;
+    Nudge(f.get());
+    ++nudged;
   }
   return nudged;
 }
@@ -592,7 +628,8 @@ void ImapSource::PushReady() {
       Folder::Ready& r = f->ready.front();
       if (r.raw.size() > config_.max_message_bytes) {  // SEARCH NOT LARGER should have excluded it
         stats_.rejected_too_large.Add();
-        f->in_flight.push_back({0, r.validity, r.uid, true});
+        if (f->InRun(r.uid)) f->run_failed.insert(r.uid);
+        f->in_flight.push_back({0, r.validity, r.uid, r.epoch, true});
         f->ready.pop_front();
         continue;
       }
@@ -614,7 +651,7 @@ void ImapSource::PushReady() {
       m->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
       m->ack_sink = this;
       m->ack_token = ((f->index + 1) << kFolderShift) | f->next_seq++;
-      f->in_flight.push_back({m->ack_token, r.validity, r.uid, false});
+      f->in_flight.push_back({m->ack_token, r.validity, r.uid, r.epoch, false});
       held_.push_back(m);
       stats_.messages.Add();
       stats_.bytes.Add(m->raw.size());
@@ -665,10 +702,12 @@ void ImapSource::OnDurable(std::span<const stages::DurableAck> acks) {
 
 void ImapSource::Settle(Folder* f) {
   while (!f->in_flight.empty() && f->in_flight.front().settled) {
-    f->durable_validity = f->in_flight.front().validity;
-    f->durable_uid = f->in_flight.front().uid;
+    if (f->in_flight.front().epoch == f->epoch) {  // an older epoch's message: a fresh backfill redoes it
+      f->durable_validity = f->in_flight.front().validity;
+      f->durable_uid = f->in_flight.front().uid;
+      checkpoint_dirty_ = true;
+    }
     f->in_flight.pop_front();
-    checkpoint_dirty_ = true;
   }
   if (checkpoint_dirty_) ScheduleCheckpoint();
 }
@@ -686,7 +725,13 @@ void ImapSource::DrainAcks() {
     // The WAL acknowledges one source's messages in the order they were pushed.
     MR_CHECK(!f->in_flight.empty() && f->in_flight.front().token == ack.token)
         << "IMAP durable ack out of order for " << f->id << ": token " << ack.token;
-    f->in_flight.front().settled = true;
+    Folder::InFlight& entry = f->in_flight.front();
+    entry.settled = true;
+    if (entry.epoch == f->epoch && entry.uid > f->run_counted_uid && f->InRun(entry.uid)) {
+      f->run_counted_uid = entry.uid;
+      ++f->run_durable;
+      f->run_lsns.push_back(ack.lsn);
+    }
     stats_.durable.Add();
     Settle(f);
   }
@@ -733,6 +778,114 @@ void ImapSource::Tick() {
     }
     Tick();
   });
+}
+
+void ImapSource::BeginRun(Folder* f) {
+  f->run_requested = false;
+  f->run_searching = true;
+  f->run_started = false;
+  f->run_found.clear();
+  f->run_failed.clear();
+  f->run_lsns.clear();
+  f->run_durable = f->run_settled = 0;
+  f->run_counted_uid = 0;
+}
+
+void ImapSource::Nudge(Folder* f) {
+  if (shut_down_) return;
+  if (f->conn == nullptr) {
+    if (!f->has_slot && !f->queued) RequestSlot(f);  // taking turns or backing off: come now
+  } else if (f->phase == Phase::kPolling) {
+    Poll(f);
+  } else if (f->phase == Phase::kIdle && f->idle_entered && !f->idle_done_sent) {
+    f->idle_done_sent = true;
+    f->conn->SendLine("DONE");  // IDLE's completion starts a search
+  } else {
+    f->exists_changed = true;  // connecting, searching or fetching: search again when caught up
+  }
+}
+
+bool ImapSource::HasMailbox(std::string_view user_id) const {
+  for (const ImapMailboxConfig& m : config_.mailboxes) {
+    if (m.user_id == user_id) return true;
+  }
+  return false;
+}
+
+bool ImapSource::StartBackfill(std::string_view user_id, unsigned months, bool resume) {
+  bool found = false;
+  for (auto& fp : folders_) {
+    Folder* f = fp.get();
+    if (f->mailbox->user_id != user_id) continue;
+    found = true;
+    f->enabled = true;
+    f->months = months;
+    f->run_requested = true;
+    f->run_backfill = true;
+    if (!resume) {
+      // Start over: drop the session (a FETCH in flight would move fetched_uid again) and the
+      // checkpoint, so that a crash during the backfill resumes it rather than skipping its start.
+      if (f->conn != nullptr) {
+        f->conn->Abandon();
+        f->conn = nullptr;
+        ++f->generation;
+        f->phase = Phase::kOff;
+        f->arrived.clear();
+        f->to_fetch.clear();
+        f->next_fetch = 0;
+        f->fetches_outstanding = 0;
+        ReleaseSlot(f);
+      }
+      ++f->epoch;
+      f->fetched_uid = 0;
+      f->durable_uid = 0;
+      f->backoff = std::chrono::milliseconds(0);
+    }
+  }
+  if (!found) return false;
+  if (!resume) {
+    if (auto status = WriteCheckpoint(); !status) log_("imap_checkpoint_failed", {{"error", status.error().message}});
+  }
+  for (auto& fp : folders_) {
+    if (fp->mailbox->user_id == user_id) Nudge(fp.get());
+  }
+  return true;
+}
+
+bool ImapSource::SyncNow(std::string_view user_id) {
+  bool found = false;
+  for (auto& fp : folders_) {
+    Folder* f = fp.get();
+    if (f->mailbox->user_id != user_id) continue;
+    found = true;
+    f->enabled = true;
+    f->run_requested = true;
+    f->run_backfill = false;
+    Nudge(f);
+  }
+  return found;
+}
+
+MailboxSyncProgress ImapSource::Progress(std::string_view user_id, std::uint64_t terminal_durable_lsn) {
+  MailboxSyncProgress p;
+  p.started = true;
+  p.done = true;
+  for (auto& fp : folders_) {
+    Folder* f = fp.get();
+    if (f->mailbox->user_id != user_id) continue;
+    while (!f->run_lsns.empty() && f->run_lsns.front() <= terminal_durable_lsn) {
+      f->run_lsns.pop_front();
+      ++f->run_settled;
+    }
+    const bool started = f->run_started && !f->run_requested;
+    p.started = p.started && started;
+    p.found += f->run_found.size();
+    p.durable += f->run_durable;
+    p.settled += f->run_settled;
+    p.failed += f->run_failed.size();
+    p.done = p.done && started && f->run_settled + f->run_failed.size() >= f->run_found.size();
+  }
+  return p;
 }
 
 }  // namespace mailrail::net

@@ -55,12 +55,17 @@
 #include "net/counter.h"
 #include "net/event_loop.h"
 #include "net/imap_connection.h"
+#include "net/mailbox_sync_source.h"
 #include "stages/message.h"
 
 namespace mailrail::net {
 
 struct ImapMailboxConfig {
   std::string name;  // in SourceRef ids and the checkpoint; default "<user>@<host>"
+  std::string user_id;  // the sync-job API's key (MailboxSyncSource); default: name
+  // false: the mailbox is not synchronised until a sync job starts its backfill (or, after a
+  // restart, until it has a checkpoint line: its backfill ran before).
+  bool backfill_at_start = true;
   std::string host;
   std::uint16_t port = 993;
   ImapTls tls = ImapTls::kImplicit;
@@ -106,7 +111,7 @@ struct ImapStats {
 using ImapLogFields = std::vector<std::pair<std::string_view, std::string>>;
 using ImapLog = std::function<void(std::string_view event, const ImapLogFields& fields)>;
 
-class ImapSource final : public stages::DurableAckSink {
+class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource {
  public:
   // Resolves every host (getaddrinfo, blocking), prepares TLS contexts and reads the checkpoint.
   static base::Result<std::unique_ptr<ImapSource>> Create(EventLoop* loop, stages::MessagePool* pool,
@@ -124,12 +129,24 @@ class ImapSource final : public stages::DurableAckSink {
   base::Status WriteCheckpoint();
   // Messages pushed (or held for the push) and not yet reported durable. Loop thread.
   std::size_t in_flight() const;
-  // Loop thread: every folder that is idling, polling or waiting for its turn searches for new
-  // mail now (POST /polling/trigger). Returns how many folders were nudged.
+  // Loop thread: every synchronised folder searches for new mail as soon as it can: at once when
+  // idling, polling or waiting for its turn, after the current fetch otherwise
+  // (POST /polling/trigger). Returns how many folders were nudged.
   std::size_t PollNow();
 
   void OnDurable(std::span<const stages::DurableAck> acks) override;
   const ImapStats& stats() const { return stats_; }
+
+  // MailboxSyncSource, loop thread. A run covers every folder of the user's mailbox; it begins at
+  // each folder's next search (at once for an idling or polling folder). A fresh backfill abandons
+  // the folder's connection, resets its checkpoint to UID 0 (written before StartBackfill returns)
+  // and searches the window from UID 1: what was fetched before comes again and dedup drops it.
+  // A resumed backfill searches the whole window too (for the total) but fetches only after the
+  // checkpoint; what the checkpoint covers counts as durable and settled.
+  bool HasMailbox(std::string_view user_id) const override;
+  bool StartBackfill(std::string_view user_id, unsigned months, bool resume) override;
+  bool SyncNow(std::string_view user_id) override;
+  MailboxSyncProgress Progress(std::string_view user_id, std::uint64_t terminal_durable_lsn) override;
 
  private:
   struct Folder;
@@ -155,6 +172,8 @@ class ImapSource final : public stages::DurableAckSink {
   void FetchMore(Folder* f);
   void CaughtUp(Folder* f);
   void Poll(Folder* f);  // NOOP, then search
+  void Nudge(Folder* f);  // searches as soon as the folder's state allows
+  void BeginRun(Folder* f);
   void StartIdle(Folder* f);
   void PushReady();
   void PushHeld();

@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -30,6 +31,7 @@
 #include "net/http_server.h"
 #include "net/imap_source.h"
 #include "net/ingest_handler.h"
+#include "net/sync_jobs.h"
 #include "stages/record_json.h"
 #include "tools/config.h"
 #include "tools/pipeline.h"
@@ -93,11 +95,12 @@ class Daemon final : public net::ControlService {
  public:
   using ReloadLog = std::function<void(std::string_view source, const ReloadResult& result)>;
   Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest,
-         net::ImapSource* imap, ReloadLog log_reload)
+         net::ImapSource* imap, net::SyncJobManager* sync_jobs, ReloadLog log_reload)
       : pipeline_(pipeline),
         registry_(registry),
         ingest_(ingest),
         imap_(imap),
+        sync_jobs_(sync_jobs),
         log_reload_(std::move(log_reload)),
         started_(std::chrono::steady_clock::now()),
         reloader_(&pipeline->filter()) {}
@@ -167,6 +170,15 @@ class Daemon final : public net::ControlService {
     });
   }
 
+  net::ControlReply StartSyncJob(std::string_view user_id, unsigned months) override {
+    return sync_jobs_->StartBackfill(user_id, months);
+  }
+  net::ControlReply SyncJobStatus(std::string_view user_id) override { return sync_jobs_->Status(user_id); }
+  net::ControlReply SyncJobHistory(std::string_view user_id, std::size_t limit) override {
+    return sync_jobs_->History(user_id, limit);
+  }
+  net::ControlReply SyncJobStats() override { return sync_jobs_->Stats(); }
+
   net::HealthReport Health() override {
     net::HealthReport report;
     if (const base::Error* failure = pipeline_->wal().failure()) report.reasons.push_back("wal: " + failure->message);
@@ -185,6 +197,7 @@ class Daemon final : public net::ControlService {
   const engine::StatsRegistry* registry_;
   const net::IngestHandler* ingest_;
   net::ImapSource* imap_;  // null without [[imap.mailbox]]; used on the loop thread only
+  net::SyncJobManager* sync_jobs_;  // loop thread only
   const ReloadLog log_reload_;
   const std::chrono::steady_clock::time_point started_;
   std::mutex mutex_;
@@ -337,7 +350,24 @@ int RunDaemon(const std::string& config_path) {
       s.Counter("imap_checkpoint_writes", v(st.checkpoint_writes), {}, "durable writes of imap.checkpoint");
     });
   }
-    Daemon daemon(&pipeline, &registry, &ingest, imap.get(), log_reload);
+  // Sync jobs over every mailbox source (none configured: every user id answers 404).
+  auto job_store = storage::SyncJobStore::Open((std::filesystem::path(config.data_dir) / "sync_jobs.journal").string(),
+                                               config.sync.history_per_user);
+  if (!job_store) {
+    fmt::print(stderr, "mailrail run: {}\n", job_store.error().message);
+    return 1;
+  }
+  if (job_store->torn_tail_bytes() > 0) {
+    Log(config, "sync_jobs_torn_tail", {{"bytes", std::to_string(job_store->torn_tail_bytes())}});
+  }
+  std::vector<net::MailboxSyncSource*> sync_sources;
+  if (imap != nullptr) sync_sources.push_back(imap.get());
+  net::SyncJobsConfig sync_config;
+  sync_config.incremental_interval = config.sync.incremental_interval;
+  net::SyncJobManager sync_jobs(
+      loop->get(), &*job_store, std::move(sync_sources), [&pipeline] { return pipeline.sink().durable_lsn(); },
+      sync_config, [&config](std::string_view event, const net::ImapLogFields& fields) { Log(config, event, fields); });
+  Daemon daemon(&pipeline, &registry, &ingest, imap.get(), &sync_jobs, log_reload);
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
 
@@ -354,7 +384,10 @@ int RunDaemon(const std::string& config_path) {
   // requests must not take the message pool from the recovery).
   pipeline.WaitForRecovery();
   (*server)->Start();
-  if (imap != nullptr) (*loop)->Post([&] { imap->Start(); });
+  (*loop)->Post([&] {
+    if (imap != nullptr) imap->Start();
+    sync_jobs.Start();
+  });
   std::thread net_thread([&] { (*loop)->Run(); });
 
   const auto& report = pipeline.wal_open_report();

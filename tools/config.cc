@@ -198,6 +198,15 @@ void ReadTopology(TableReader& top, DaemonConfig& config) {
   r.RejectUnknown();
 }
 
+// Names that must be unique across the config file and the mailboxes file.
+struct MailboxNames {
+  std::set<std::string> folders;  // "<name>/<folder>"
+  std::set<std::string> users;    // user ids
+};
+
+void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& file, std::vector<std::string>& errors,
+                   MailboxNames& names, net::ImapSourceConfig& imap);
+
 void ReadImap(TableReader& top, DaemonConfig& config) {
   const toml::table* table = top.Subtable("imap");
   if (table == nullptr) return;
@@ -217,20 +226,57 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
   get_ms("backoff_base_ms", imap.backoff_base, 1, 600'000);
   get_ms("backoff_max_ms", imap.backoff_max, 1, 3'600'000);
   get_ms("checkpoint_interval_ms", imap.checkpoint_interval, 1, 60'000);
+  MailboxNames names;
+  ReadMailboxes(r, *table, top.file(), top.errors(), names, imap);
+  std::string mailboxes_file;
+  r.Get("mailboxes_file", mailboxes_file);
+  if (!mailboxes_file.empty()) {
+    // Credentials may live in a separate (root-only) file with the same [[imap.mailbox]] tables.
+    std::filesystem::path path(mailboxes_file);
+    if (path.is_relative() && top.file().front() != '<') path = std::filesystem::path(top.file()).parent_path() / path;
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!in) {
+      r.Fail(*table->get("mailboxes_file"), "mailboxes_file", "cannot read " + path.string());
+    } else {
+      try {
+        const toml::table root = toml::parse(text.str(), path.string());
+        TableReader file_top(root, path.string(), "", top.errors());
+        if (const toml::table* inner = file_top.Subtable("imap")) {
+          TableReader file_imap(*inner, path.string(), "imap.", top.errors());
+          ReadMailboxes(file_imap, *inner, path.string(), top.errors(), names, imap);
+          file_imap.RejectUnknown();
+        }
+        file_top.RejectUnknown();
+      } catch (const toml::parse_error& e) {
+        top.errors().push_back(fmt::format("{}:{}: {}", path.string(), e.source().begin.line, e.description()));
+      }
+    }
+  }
+  r.RejectUnknown();
+}
+
+void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& file, std::vector<std::string>& errors,
+                   MailboxNames& names, net::ImapSourceConfig& imap) {
   r.MarkKnown("mailbox");
-  const toml::node* list = table->get("mailbox");
+  const toml::node* list = table.get("mailbox");
   if (list != nullptr && !list->is_array_of_tables()) {
     r.Fail(*list, "mailbox", "must be an array of tables ([[imap.mailbox]])");
     list = nullptr;
   }
-  std::set<std::string> ids;
+  std::set<std::string>& ids = names.folders;
   if (list != nullptr) {
     std::size_t index = 0;
     for (const toml::node& node : *list->as_array()) {
       const toml::table& t = *node.as_table();
-      TableReader m(t, top.file(), fmt::format("imap.mailbox[{}].", index++), top.errors());
+      TableReader m(t, file, fmt::format("imap.mailbox[{}].", index++), errors);
       net::ImapMailboxConfig mailbox;
       m.Get("name", mailbox.name);
+      m.Get("user_id", mailbox.user_id);
+      std::string backfill = "at_start";
+      m.GetChoice("backfill", backfill, {"at_start", "on_request"});
+      mailbox.backfill_at_start = backfill == "at_start";
       m.Get("host", mailbox.host);
       std::string tls = "implicit";
       m.GetChoice("tls", tls, {"none", "implicit", "starttls"});
@@ -272,7 +318,7 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
         m.Fail(t, "password", "give exactly one of password and password_file");
       } else if (!password_file.empty()) {
         std::filesystem::path path(password_file);
-        if (path.is_relative() && top.file().front() != '<') path = std::filesystem::path(top.file()).parent_path() / path;
+        if (path.is_relative() && file.front() != '<') path = std::filesystem::path(file).parent_path() / path;
         std::ifstream in(path);
         std::stringstream text;
         text << in.rdbuf();
@@ -295,6 +341,12 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
       if (mailbox.name.find_first_of("\t\r\n/") != std::string::npos) {
         m.Fail(t, "name", "must not contain '/', tabs or line breaks");
       }
+      if (mailbox.user_id.empty()) mailbox.user_id = mailbox.name;
+      if (mailbox.user_id.find_first_of(std::string_view("\t\r\n/\0", 5)) != std::string::npos) {
+        m.Fail(t.get("user_id") != nullptr ? *t.get("user_id") : t, "user_id", "must not contain '/', tabs, line breaks or NUL");
+      } else if (!names.users.insert(mailbox.user_id).second) {
+        m.Fail(t, "user_id", fmt::format("user id '{}' belongs to another mailbox already", mailbox.user_id));
+      }
       for (const std::string& folder : mailbox.folders) {
         if (!ids.insert(mailbox.name + "/" + folder).second) {
           m.Fail(t, "name", fmt::format("mailbox '{}' folder '{}' is configured twice", mailbox.name, folder));
@@ -304,7 +356,6 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
       imap.mailboxes.push_back(std::move(mailbox));
     }
   }
-  r.RejectUnknown();
 }
 
 }  // namespace
@@ -486,6 +537,14 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     r.RejectUnknown();
   }
   ReadImap(top, config);
+  if (const toml::table* t = top.Subtable("sync")) {
+    TableReader r(*t, file, "sync.", errors);
+    std::size_t interval_s = static_cast<std::size_t>(config.sync.incremental_interval.count());
+    r.GetRange("incremental_interval_s", interval_s, 1, 7 * 24 * 3600);
+    config.sync.incremental_interval = std::chrono::seconds(interval_s);
+    r.GetRange("history_per_user", config.sync.history_per_user, 1, 100'000);
+    r.RejectUnknown();
+  }
   if (const toml::table* t = top.Subtable("shutdown")) {
     TableReader r(*t, file, "shutdown.", errors);
     std::size_t ms = static_cast<std::size_t>(config.drain_deadline.count());
