@@ -129,3 +129,17 @@ service imap-login {{
             typ, data = m.append(folder, None, date, raw)
             assert typ == "OK", data
         m.logout()
+
+    def seed_maildir(self, user, messages):
+        """Writes messages straight into the user's Maildir INBOX (much faster than APPEND for
+        thousands); Dovecot assigns their UIDs when the folder is next opened. Owned by nobody."""
+        root = os.path.join(self.dir, "mail", user)
+        for sub in ("", "cur", "new", "tmp"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+            os.chown(os.path.join(root, sub), 65534, 65534)
+        stamp = int(time.time())
+        for i, raw in enumerate(messages):
+            path = os.path.join(root, "cur", f"{stamp}.M{i}P{os.getpid()}.mailrail:2,")
+            with open(path, "wb") as f:
+                f.write(raw)
+            os.chown(path, 65534, 65534)
