@@ -89,6 +89,11 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   std::uint64_t durable_validity = 0;
   std::uint64_t durable_uid = 0;
 
+  // Acknowledgements to the mailbox (on_durable): durable UIDs under `validity` not yet sent.
+  std::vector<std::uint64_t> to_acknowledge;
+  bool has_move = false;
+  bool has_uidplus = false;
+
   // Sync-job run (MailboxSyncSource). A requested run begins at the folder's next search.
   bool enabled = true;         // false: backfill on request, not requested yet
   unsigned months = 0;         // search window
@@ -133,6 +138,8 @@ struct ImapSource::Folder final : ImapConnection::Listener {
       }
     } else if (name == "CAPABILITY") {
       has_idle = HasCapability(r.text, "IDLE");
+      has_move = HasCapability(r.text, "MOVE");
+      has_uidplus = HasCapability(r.text, "UIDPLUS");
     } else if (name == "OK") {
       if (auto v = CodeNumber(r.text, "UIDVALIDITY")) selected_validity = *v;
     }
@@ -144,7 +151,7 @@ struct ImapSource::Folder final : ImapConnection::Listener {
     } else if (phase == Phase::kIdle && !idle_entered) {
       idle_entered = true;
       source->log_("imap_idle", Fields());
-      if (exists_changed && !idle_done_sent) {  // mail arrived between the search and IDLE
+      if ((exists_changed || !to_acknowledge.empty()) && !idle_done_sent) {  // arrived between search and IDLE
         idle_done_sent = true;
         conn->SendLine("DONE");
       }
@@ -451,11 +458,14 @@ void ImapSource::Select(Folder* f) {
   f->phase = Phase::kSelect;
   f->selected_validity = 0;
   auto quoted = Quote(f->folder);
-  // EXAMINE: read-only, so the mirror changes nothing in the mailbox (not even \Recent).
-  f->conn->Command("EXAMINE " + quoted.value(), [this, f](ImapResponse& done) {
-    if (!CheckOk(f, done, "EXAMINE")) return;
+  // EXAMINE: read-only, so the mirror changes nothing in the mailbox (not even \Recent); SELECT
+  // when durable messages are to be flagged or moved.
+  const bool writable = f->mailbox->on_durable != ImapMailboxConfig::OnDurable::kNone;
+  const std::string verb = writable ? "SELECT" : "EXAMINE";
+  f->conn->Command(verb + " " + quoted.value(), [this, f, verb](ImapResponse& done) {
+    if (!CheckOk(f, done, verb)) return;
     if (f->selected_validity == 0) {
-      Disconnect(f, base::MakeError("imap_protocol", "EXAMINE without UIDVALIDITY"));
+      Disconnect(f, base::MakeError("imap_protocol", verb + " without UIDVALIDITY"));
       return;
     }
     f->backoff = std::chrono::milliseconds(0);
@@ -467,14 +477,98 @@ void ImapSource::Select(Folder* f) {
       fields.emplace_back("new", std::to_string(f->selected_validity));
       log_("imap_uidvalidity_changed", fields);
       f->fetched_uid = 0;
+      f->to_acknowledge.clear();  // those UIDs name other messages now
     }
     f->validity = f->selected_validity;
+    CatchUpAcknowledgements(f);
+  });
+}
+
+void ImapSource::CatchUpAcknowledgements(Folder* f) {
+  const ImapMailboxConfig::OnDurable mode = f->mailbox->on_durable;
+  if (mode == ImapMailboxConfig::OnDurable::kNone || f->durable_uid == 0 || f->durable_validity != f->validity) {
+    Search(f);
+    return;
+  }
+  f->phase = Phase::kSearch;
+  f->search_result.clear();
+  f->search_malformed = false;
+  std::string criteria = fmt::format("UID SEARCH UID 1:{}", f->durable_uid);
+  if (f->months > 0) {
+    const std::int64_t since = base::UnixMs() / 1000 - std::int64_t{f->months} * 31 * 24 * 3600;
+    criteria += " SINCE " + ImapDate(since);
+  }
+  criteria += fmt::format(" NOT LARGER {}", config_.max_message_bytes);
+  if (mode == ImapMailboxConfig::OnDurable::kSeen) criteria += " UNSEEN";
+  f->conn->Command(criteria, [this, f](ImapResponse& done) {
+    if (!CheckOk(f, done, "SEARCH")) return;
+    if (f->search_malformed) {
+      Disconnect(f, base::MakeError("imap_protocol", "malformed SEARCH response"));
+      return;
+    }
+    for (std::uint64_t uid : f->search_result) {
+      if (uid <= f->durable_uid) f->to_acknowledge.push_back(uid);  // "1:n" may also match the highest UID
+    }
+    std::sort(f->to_acknowledge.begin(), f->to_acknowledge.end());
+    f->to_acknowledge.erase(std::unique(f->to_acknowledge.begin(), f->to_acknowledge.end()), f->to_acknowledge.end());
     Search(f);
   });
 }
 
+void ImapSource::Acknowledge(Folder* f) {
+  if (f->to_acknowledge.empty() || f->conn == nullptr) return;
+  switch (f->phase) {
+    case Phase::kOff:
+    case Phase::kConnecting:
+    case Phase::kLogin:
+    case Phase::kSelect:
+      return;  // CatchUpAcknowledgements after SELECT covers them
+    case Phase::kIdle:
+      if (f->idle_entered && !f->idle_done_sent) {
+        f->idle_done_sent = true;
+        f->conn->SendLine("DONE");  // the search after IDLE sends them
+      }
+      return;
+    default:
+      break;
+  }
+  std::vector<std::uint64_t> uids;
+  uids.swap(f->to_acknowledge);
+  std::sort(uids.begin(), uids.end());
+  const bool move = f->mailbox->on_durable == ImapMailboxConfig::OnDurable::kMove;
+  const std::string target = move ? Quote(f->mailbox->move_to).value() : std::string();
+  for (std::size_t i = 0; i < uids.size(); i += config_.fetch_batch) {
+    const std::vector<std::uint64_t> batch(uids.begin() + static_cast<std::ptrdiff_t>(i),
+                                           uids.begin() + static_cast<std::ptrdiff_t>(std::min(uids.size(), i + config_.fetch_batch)));
+    const std::string set = FormatUidSet(batch);
+    const std::uint64_t count = batch.size();
+    auto counted = [this, f, count](std::string_view what) {
+      return [this, f, count, what = std::string(what)](ImapResponse& done) {
+        if (CheckOk(f, done, what)) stats_.acknowledged.Add(count);
+      };
+    };
+    auto checked = [this, f](std::string_view what) {
+      return [this, f, what = std::string(what)](ImapResponse& done) { CheckOk(f, done, what); };
+    };
+    if (!move) {
+      f->conn->Command("UID STORE " + set + " +FLAGS.SILENT (\\Seen)", counted("STORE"));
+    } else if (f->has_move) {
+      f->conn->Command("UID MOVE " + set + " " + target, counted("MOVE"));
+    } else if (f->has_uidplus) {
+      // RFC 6851 without MOVE: copy, mark deleted, expunge exactly these UIDs.
+      f->conn->Command("UID COPY " + set + " " + target, checked("COPY"));
+      f->conn->Command("UID STORE " + set + " +FLAGS.SILENT (\\Deleted)", checked("STORE"));
+      f->conn->Command("UID EXPUNGE " + set, counted("EXPUNGE"));
+    } else {
+      Disconnect(f, base::MakeError("imap_unsupported", "on_durable = \"move\" needs the MOVE or UIDPLUS capability"));
+      return;
+    }
+  }
+}
+
 void ImapSource::Search(Folder* f) {
   f->phase = Phase::kSearch;
+  Acknowledge(f);
   f->exists_changed = false;
   f->search_result.clear();
   f->search_malformed = false;
@@ -727,6 +821,9 @@ void ImapSource::DrainAcks() {
         << "IMAP durable ack out of order for " << f->id << ": token " << ack.token;
     Folder::InFlight& entry = f->in_flight.front();
     entry.settled = true;
+    if (f->mailbox->on_durable != ImapMailboxConfig::OnDurable::kNone && entry.validity == f->validity) {
+      f->to_acknowledge.push_back(entry.uid);
+    }
     if (entry.epoch == f->epoch && entry.uid > f->run_counted_uid && f->InRun(entry.uid)) {
       f->run_counted_uid = entry.uid;
       ++f->run_durable;
@@ -734,6 +831,10 @@ void ImapSource::DrainAcks() {
     }
     stats_.durable.Add();
     Settle(f);
+  }
+  for (const stages::DurableAck& ack : draining_acks_) {  // one batch per folder and drain
+    Folder* f = folders_[(ack.token >> kFolderShift) - 1].get();
+    if (!f->to_acknowledge.empty()) Acknowledge(f);
   }
   draining_acks_.clear();
 }

@@ -26,6 +26,13 @@
 //   it wait in FIFO order, and a folder that has caught up while others wait for its server
 //   closes its connection and comes back after poll_interval instead of idling, so every folder
 //   gets its turn.
+// Acknowledgement (on_durable = seen | move): after the WAL reports messages durable, their UIDs are
+//   flagged (UID STORE +FLAGS.SILENT (\Seen)) or moved (UID MOVE, or UID COPY + \Deleted +
+//   UID EXPUNGE with UIDPLUS), in batches of up to fetch_batch UIDs, never before. UIDs are never
+//   reused, so a moved message cannot be fetched again and the checkpoint logic is unchanged. After
+//   every SELECT, UIDs at or below the durable checkpoint that are still unseen (seen) or still in
+//   the folder (move), within the same SINCE / NOT LARGER criteria as the fetch, are acknowledged
+//   too: a crash between durability and the STORE is made good at the next session.
 // Secrets: passwords are sent only in LOGIN / AUTHENTICATE and never appear in logs or errors.
 //
 // Threading: Start, Shutdown, WriteCheckpoint, in_flight, PollNow and the callbacks on the loop
@@ -77,6 +84,11 @@ struct ImapMailboxConfig {
   std::vector<std::string> folders{"INBOX"};
   unsigned months = 0;  // backfill window; 0: every message in the folder
   bool idle = true;     // use IDLE when the server has it; false: NOOP polling
+  // What to do to a message in the mailbox once its WAL record is durable. Anything but kNone
+  // opens the folder with SELECT (read-write) instead of EXAMINE.
+  enum class OnDurable { kNone, kSeen, kMove };
+  OnDurable on_durable = OnDurable::kNone;
+  std::string move_to;  // kMove: the destination folder (as the server lists it)
 };
 
 struct ImapSourceConfig {
@@ -101,6 +113,7 @@ struct ImapStats {
   Counter messages;          // pushed to the pipeline
   Counter bytes;
   Counter durable;
+  Counter acknowledged;      // UIDs flagged \Seen or moved after they were durable
   Counter rejected_too_large;
   Counter uidvalidity_resets;
   Counter idle_wakeups;
@@ -173,6 +186,12 @@ class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource
   void CaughtUp(Folder* f);
   void Poll(Folder* f);  // NOOP, then search
   void Nudge(Folder* f);  // searches as soon as the folder's state allows
+  // Flags or moves the folder's durable UIDs that wait for it (on_durable), batched; while IDLE,
+  // ends it first (the search that follows sends them).
+  void Acknowledge(Folder* f);
+  // After SELECT: durable UIDs (at or below the checkpoint) still unflagged or unmoved, left over by
+  // a crash or a lost connection, are acknowledged too; then the usual search.
+  void CatchUpAcknowledgements(Folder* f);
   void BeginRun(Folder* f);
   void StartIdle(Folder* f);
   void PushReady();

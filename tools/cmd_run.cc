@@ -344,6 +344,7 @@ int RunDaemon(const std::string& config_path) {
       s.Counter("imap_messages", v(st.messages), {}, "messages fetched and pushed to the pipeline");
       s.Counter("imap_bytes", v(st.bytes), {}, "bytes of messages fetched");
       s.Counter("imap_durable", v(st.durable), {}, "fetched messages the WAL reported durable");
+      s.Counter("imap_acknowledged", v(st.acknowledged), {}, "durable messages flagged \\Seen or moved (on_durable)");
       s.Counter("imap_rejected_too_large", v(st.rejected_too_large), {}, "messages over limits.max_message_mib");
       s.Counter("imap_uidvalidity_resets", v(st.uidvalidity_resets), {}, "folders resynchronised after a UIDVALIDITY change");
       s.Counter("imap_idle_wakeups", v(st.idle_wakeups), {}, "IDLE ended by new mail");

@@ -295,6 +295,16 @@ void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& 
       m.GetRange("months", months, 0, 1200);
       mailbox.months = static_cast<unsigned>(months);
       m.Get("idle", mailbox.idle);
+      std::string on_durable = "none";
+      m.GetChoice("on_durable", on_durable, {"none", "seen", "move"});
+      using OnDurable = net::ImapMailboxConfig::OnDurable;
+      mailbox.on_durable = on_durable == "seen" ? OnDurable::kSeen : on_durable == "move" ? OnDurable::kMove : OnDurable::kNone;
+      m.Get("move_to", mailbox.move_to);
+      if (mailbox.on_durable == OnDurable::kMove &&
+          (mailbox.move_to.empty() || mailbox.move_to.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)) {
+        m.Fail(t.get("on_durable") != nullptr ? *t.get("on_durable") : t, "move_to",
+               "on_durable = \"move\" needs move_to, a folder name without line breaks");
+      }
       if (const toml::node* folders = t.get("folders")) {
         mailbox.folders.clear();
         const toml::array* names = folders->as_array();

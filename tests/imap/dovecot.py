@@ -143,3 +143,23 @@ service imap-login {{
             with open(path, "wb") as f:
                 f.write(raw)
             os.chown(path, 65534, 65534)
+
+    def message_ids(self, user, folder, criteria):
+        """Message ids (without <>) of the folder's messages matching a SEARCH criteria, read
+        without changing flags (EXAMINE, BODY.PEEK)."""
+        m = imaplib.IMAP4("127.0.0.1", self.port)
+        m.login(user, PASSWORD)
+        typ, _ = m.select(folder, readonly=True)
+        assert typ == "OK", folder
+        typ, data = m.uid("SEARCH", None, criteria)
+        uids = data[0].split()
+        out = []
+        for i in range(0, len(uids), 500):
+            typ, data = m.uid("FETCH", b",".join(uids[i:i + 500]), "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+            for item in data:
+                if isinstance(item, tuple):
+                    header = item[1].decode()
+                    out.append(header[header.index("<") + 1:header.index(">")])
+        m.logout()
+        return out
+

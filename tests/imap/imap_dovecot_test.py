@@ -10,6 +10,7 @@ Dovecot and the daemon are stopped by PID. Every wait polls for an event with a 
     imap_dovecot_test.py MAILRAIL_BIN
 """
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,15 @@ from dovecot import PASSWORD, Dovecot, wait_until  # PASSWORD must never show up
 from mailrail_daemon import Daemon, ids, message
 
 BIN = mailrail_daemon.BIN[0] = sys.argv.pop(1)
+
+
+def wal_message_ids(wal_dir):
+    """Message ids whose raw message is anywhere in the WAL's segment files."""
+    found = []
+    for name in sorted(os.listdir(wal_dir)):
+        with open(os.path.join(wal_dir, name), "rb") as f:
+            found += [m.decode() for m in re.findall(rb"Message-ID: <([^>]+)>", f.read())]
+    return found
 
 
 class ImapDovecotTest(unittest.TestCase):
@@ -114,6 +124,41 @@ class ImapDovecotTest(unittest.TestCase):
         wait_until(lambda: {x["outcome"]: x["value"] for x in d.stats()["messages_final"]}.get("duplicate", 0) >= 5,
                    20, "the 5 resynced Archive messages to be counted as duplicates")
         self.assert_once(d.message_ids(), expected)
+        self.assertEqual(d.stop(), 0)
+
+    def test_seen_and_move_only_after_durable(self):
+        dv = self.dovecot = Dovecot(self.tmp, ["erin", "frank"])
+        dv.start()
+        big = 300
+        dv.seed_maildir("erin", [message("erin", i) for i in range(big)])
+        dv.append("frank", "INBOX", [message("frank", i) for i in range(20)])
+        dv.append("frank", "Archive", [])  # creates the destination folder
+        plain = {"host": "127.0.0.1", "port": dv.port, "tls": "none", "password": PASSWORD}
+        mailboxes = [{**plain, "name": "erin", "user": "erin", "on_durable": "seen"},
+                     {**plain, "name": "frank", "user": "frank", "on_durable": "move", "move_to": "Archive"}]
+        # A slow WAL (a commit every 300 ms) and at most 16 messages in the pipeline: at any moment
+        # fetched messages wait for the WAL.
+        d = self.daemon = Daemon(self.tmp, mailboxes, wal_linger_us=300_000, extra="[limits]\nin_flight_messages = 16",
+                                 imap_extra="fetch_batch = 10\npipeline_depth = 1")
+        wait_until(lambda: dv.message_ids("erin", "INBOX", "SEEN"), 60, "a first \\Seen message")
+        fetched = d.stats()["imap_messages"]
+        d.kill()
+        # Everything flagged at the kill is in the WAL (the flag is sent only after the commit) ...
+        seen = set(dv.message_ids("erin", "INBOX", "SEEN"))
+        in_wal = set(wal_message_ids(os.path.join(self.tmp, "data", "wal")))
+        self.assertTrue(seen)
+        self.assertEqual(seen - in_wal, set(), "a message was flagged \\Seen before its WAL record existed")
+        # ... while fetched messages were still waiting for it (else the check above proves nothing).
+        self.assertLess(len(in_wal), fetched, "every fetched message was durable at the kill: no window tested")
+        self.assertLess(len(seen), big)
+
+        # Restarted: every message arrives, every one ends \Seen (durable ones the STORE missed are
+        # caught up after SELECT), frank's are moved to Archive and gone from INBOX.
+        d.start()
+        d.wait_ids(ids("erin", big) + ids("frank", 20), timeout=90)
+        wait_until(lambda: len(dv.message_ids("erin", "INBOX", "SEEN")) == big, 30, "every erin message \\Seen")
+        wait_until(lambda: not dv.message_ids("frank", "INBOX", "ALL"), 30, "frank's INBOX emptied")
+        self.assertEqual(sorted(dv.message_ids("frank", "Archive", "ALL")), sorted(ids("frank", 20)))
         self.assertEqual(d.stop(), 0)
 
     def test_tls_starttls_plain_auth_and_connection_limit(self):

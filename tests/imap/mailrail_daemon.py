@@ -24,7 +24,7 @@ def message(tag, i):
 
 
 class Daemon:
-    def __init__(self, tmp, mailboxes, imap_extra="", extra="", token=""):
+    def __init__(self, tmp, mailboxes, imap_extra="", extra="", token="", wal_linger_us=1000):
         self.tmp = tmp
         self.config = os.path.join(tmp, "mailrail.toml")
         self.stats_path = os.path.join(tmp, "stats.sock")
@@ -32,7 +32,7 @@ class Daemon:
         self.checkpoint_path = os.path.join(tmp, "data", "imap.checkpoint")
         with open(self.config, "w") as f:
             f.write(f'data_dir = "{tmp}/data"\n[http]\nport = 0\nbearer_token = "{token}"\n[stats]\nsocket = "{self.stats_path}"\n'
-                    f'[log]\nformat = "json"\n[wal]\nmax_linger_us = 1000\n'
+                    f'[log]\nformat = "json"\n[wal]\nmax_linger_us = {wal_linger_us}\n'
                     f'{extra}\n'
                     f'[imap]\nbackoff_base_ms = 50\nbackoff_max_ms = 400\n{imap_extra}\n')
             for mb in mailboxes:
