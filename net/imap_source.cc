@@ -89,6 +89,10 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   std::uint64_t durable_validity = 0;
   std::uint64_t durable_uid = 0;
 
+  // XOAUTH2: the token of this connection (from the config or the token file); secret.
+  std::string token;
+  bool credentials_sent = false;
+
   // Acknowledgements to the mailbox (on_durable): durable UIDs under `validity` not yet sent.
   std::vector<std::uint64_t> to_acknowledge;
   bool has_move = false;
@@ -146,7 +150,16 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   }
 
   void OnContinuation(ImapResponse&) override {
-    if (phase == Phase::kLogin && mailbox->auth == "plain") {
+    if (phase == Phase::kLogin && mailbox->auth == "xoauth2") {
+      // The first continuation asks for the credentials; a second one carries the server's error
+      // (base64 JSON) and wants an empty line before the tagged NO.
+      if (credentials_sent) {
+        conn->SendLine("");
+      } else {
+        credentials_sent = true;
+        conn->SendLine(Base64("user=" + mailbox->user + std::string("\x01") + "auth=Bearer " + token + "\x01\x01"));
+      }
+    } else if (phase == Phase::kLogin && mailbox->auth == "plain") {
       conn->SendLine(Base64(std::string(1, '\0') + mailbox->user + std::string(1, '\0') + mailbox->password));
     } else if (phase == Phase::kIdle && !idle_entered) {
       idle_entered = true;
@@ -384,7 +397,28 @@ void ImapSource::ReleaseSlot(Folder* f) {
   }
 }
 
+bool ImapSource::ReadToken(Folder* f) {
+  const ImapMailboxConfig& m = *f->mailbox;
+  if (m.token_file.empty()) {
+    f->token = m.token;
+    return true;
+  }
+  std::ifstream in(m.token_file);
+  std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (!in.good() && !in.eof()) token.clear();
+  if (token.empty() || token.find_first_of(std::string_view("\r\n\x01\0", 4)) != std::string::npos) {
+    ImapLogFields fields = f->Fields();
+    fields.emplace_back("token_file", m.token_file);
+    log_("imap_token_unreadable", fields);  // the path only, never the contents
+    return false;
+  }
+  f->token = std::move(token);
+  return true;
+}
+
 void ImapSource::Connect(Folder* f) {
+  if (f->mailbox->auth == "xoauth2") ReadToken(f);  // a rotated file is picked up by every connection
   ++f->generation;
   f->phase = Phase::kConnecting;
   f->has_idle = false;
@@ -448,6 +482,27 @@ void ImapSource::Login(Folder* f) {
   };
   if (m.auth == "plain") {
     f->conn->Command("AUTHENTICATE PLAIN", after_login);  // credentials go in the continuation
+    return;
+  }
+  if (m.auth == "xoauth2") {
+    f->credentials_sent = false;
+    f->conn->Command("AUTHENTICATE XOAUTH2", [this, f](ImapResponse& done) {
+      if (StatusOf(done.text) == ImapStatus::kOk || f->mailbox->token_file.empty()) {
+        if (!CheckOk(f, done, "AUTHENTICATE XOAUTH2")) return;
+        f->conn->Command("CAPABILITY", [this, f](ImapResponse& caps) {
+          if (CheckOk(f, caps, "CAPABILITY")) Select(f);
+        });
+        return;
+      }
+      // Refused: the token may have been rotated since this connection read it.
+      const std::string used = f->token;
+      const bool rotated = ReadToken(f) && f->token != used;
+      CheckOk(f, done, "AUTHENTICATE XOAUTH2");  // closes the connection and schedules the retry
+      if (rotated) {
+        log_("imap_token_rotated", f->Fields());
+        ScheduleRetry(f, std::chrono::milliseconds(0));
+      }
+    });
     return;
   }
   // The config loader rejected user names and passwords that cannot be quoted.

@@ -33,7 +33,12 @@
 //   every SELECT, UIDs at or below the durable checkpoint that are still unseen (seen) or still in
 //   the folder (move), within the same SINCE / NOT LARGER criteria as the fetch, are acknowledged
 //   too: a crash between durability and the STORE is made good at the next session.
-// Secrets: passwords are sent only in LOGIN / AUTHENTICATE and never appear in logs or errors.
+// XOAUTH2: AUTHENTICATE XOAUTH2 with base64("user=" user ^A "auth=Bearer " token ^A ^A) in the
+//   continuation; a token_file is read before every connection, and when the server refuses the
+//   token the file is read again at once: a changed token is tried without waiting for the
+//   backoff, an unchanged one after it.
+// Secrets: passwords and tokens are sent only in LOGIN / AUTHENTICATE and never appear in logs or
+//   errors.
 //
 // Threading: Start, Shutdown, WriteCheckpoint, in_flight, PollNow and the callbacks on the loop
 //   thread; the checkpoint thread only writes texts the loop built (and may call the log);
@@ -80,7 +85,11 @@ struct ImapMailboxConfig {
   std::string ca_file;  // PEM bundle; empty: the system store
   std::string user;
   std::string password;  // secret: never logged
-  std::string auth = "login";  // login | plain (AUTHENTICATE PLAIN)
+  std::string auth = "login";  // login | plain (AUTHENTICATE PLAIN) | xoauth2 (AUTHENTICATE XOAUTH2)
+  // xoauth2: the bearer token (secret: never logged), or a file holding it that is read again
+  // before every connection and after a refused authentication (it may be rotated on disk).
+  std::string token;
+  std::string token_file;
   std::vector<std::string> folders{"INBOX"};
   unsigned months = 0;  // backfill window; 0: every message in the folder
   bool idle = true;     // use IDLE when the server has it; false: NOOP polling
@@ -177,6 +186,9 @@ class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource
   void RequestSlot(Folder* f);
   void ReleaseSlot(Folder* f);
   void Connect(Folder* f);
+  // xoauth2: loads the folder's token from the config or the token file; false (logged, without
+  // the contents) when the file cannot be read or holds no usable token.
+  bool ReadToken(Folder* f);
   void Disconnect(Folder* f, const base::Error& error);
   void ScheduleRetry(Folder* f, std::chrono::milliseconds delay);
   void Login(Folder* f);

@@ -287,10 +287,12 @@ void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& 
       m.Get("verify_peer", mailbox.verify_peer);
       m.Get("ca_file", mailbox.ca_file);
       m.Get("user", mailbox.user);
-      m.GetChoice("auth", mailbox.auth, {"login", "plain"});
+      m.GetChoice("auth", mailbox.auth, {"login", "plain", "xoauth2"});
       std::string password_file;
       m.Get("password", mailbox.password);
       m.Get("password_file", password_file);
+      m.Get("token", mailbox.token);
+      m.Get("token_file", mailbox.token_file);
       std::size_t months = mailbox.months;
       m.GetRange("months", months, 0, 1200);
       mailbox.months = static_cast<unsigned>(months);
@@ -324,11 +326,34 @@ void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& 
       m.MarkKnown("folders");
       if (mailbox.host.empty()) m.Fail(t, "host", "is required");
       if (mailbox.user.empty()) m.Fail(t, "user", "is required");
-      if (mailbox.password.empty() == password_file.empty()) {
+      // A path in the config is relative to the file that names it.
+      auto resolve = [&file](const std::string& name) {
+        std::filesystem::path path(name);
+        if (path.is_relative() && file.front() != '<') path = std::filesystem::path(file).parent_path() / path;
+        return path;
+      };
+      if (mailbox.auth == "xoauth2") {
+        if (!mailbox.password.empty() || !password_file.empty()) {
+          m.Fail(t, "password", "auth = \"xoauth2\" takes token or token_file, not a password");
+        }
+        if (mailbox.token.empty() == mailbox.token_file.empty()) {
+          m.Fail(t, "token", "auth = \"xoauth2\" needs exactly one of token and token_file");
+        } else if (!mailbox.token_file.empty()) {
+          mailbox.token_file = resolve(mailbox.token_file).string();  // read again before every connection
+          std::ifstream in(mailbox.token_file);
+          if (!in || in.peek() == std::ifstream::traits_type::eof()) {
+            m.Fail(*t.get("token_file"), "token_file", "cannot read a token from " + mailbox.token_file);
+          }
+        }
+        if (mailbox.token.find_first_of(std::string_view("\r\n\x01\0", 4)) != std::string::npos) {
+          m.Fail(t, "token", "must not contain line breaks, ^A or NUL");
+        }
+      } else if (!mailbox.token.empty() || !mailbox.token_file.empty()) {
+        m.Fail(t, "token", "token and token_file go with auth = \"xoauth2\"");
+      } else if (mailbox.password.empty() == password_file.empty()) {
         m.Fail(t, "password", "give exactly one of password and password_file");
       } else if (!password_file.empty()) {
-        std::filesystem::path path(password_file);
-        if (path.is_relative() && file.front() != '<') path = std::filesystem::path(file).parent_path() / path;
+        const std::filesystem::path path = resolve(password_file);
         std::ifstream in(path);
         std::stringstream text;
         text << in.rdbuf();

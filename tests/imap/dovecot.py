@@ -30,7 +30,10 @@ def wait_until(predicate, timeout, what):
 
 
 class Dovecot:
-    def __init__(self, tmp, users, tls=False):
+    def __init__(self, tmp, users, tls=False, oauth2_introspection_url=None):
+        """oauth2_introspection_url: also accept AUTHENTICATE XOAUTH2, with tokens checked by POSTing
+        token=... to that URL (Dovecot's oauth2 passdb, introspection_mode = post), which must
+        answer {"active": true, "username": USER} for a valid token."""
         self.dir = os.path.join(tmp, "dovecot")
         for d in ("run", "state", "mail", "home"):
             os.makedirs(os.path.join(self.dir, d), exist_ok=True)
@@ -51,6 +54,16 @@ class Dovecot:
                             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
                             "-keyout", key, "-out", self.cert], check=True, capture_output=True)
             ssl = f"yes\nssl_cert = <{self.cert}\nssl_key = <{key}"
+        mechanisms = "plain login"
+        oauth2_passdb = ""
+        if oauth2_introspection_url:
+            mechanisms += " xoauth2"
+            oauth2_conf = os.path.join(self.dir, "dovecot-oauth2.conf.ext")
+            with open(oauth2_conf, "w") as f:
+                f.write(f"introspection_mode = post\nintrospection_url = {oauth2_introspection_url}\n"
+                        "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+                        "force_introspection = yes\n")
+            oauth2_passdb = f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2\n  args = {oauth2_conf}\n}}\n"
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
             f.write(f"""protocols = imap
@@ -60,9 +73,9 @@ state_dir = {self.dir}/state
 log_path = {self.dir}/dovecot.log
 ssl = {ssl}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 mail_location = maildir:{self.dir}/mail/%u
-passdb {{
+{oauth2_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.dir}/passwd
 }}

@@ -9,6 +9,8 @@ Dovecot and the daemon are stopped by PID. Every wait polls for an event with a 
 
     imap_dovecot_test.py MAILRAIL_BIN
 """
+import http.server
+import json
 import os
 import re
 import shutil
@@ -19,12 +21,55 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 
 import mailrail_daemon
 from dovecot import PASSWORD, Dovecot, wait_until  # PASSWORD must never show up in the daemon's output
 from mailrail_daemon import Daemon, ids, message
 
 BIN = mailrail_daemon.BIN[0] = sys.argv.pop(1)
+
+
+class Introspection:
+    """An OAuth2 token introspection endpoint (RFC 7662 style, as Dovecot's oauth2 passdb calls it
+    with introspection_mode = post): a token in `valid` is active for user alice. Records every
+    token it was asked about in `seen`."""
+
+    def __init__(self):
+        owner = self
+        self.valid = set()
+        self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                token = urllib.parse.parse_qs(body).get("token", [""])[0]
+                owner.seen.append(token)
+                answer = {"active": True, "username": "alice"} if token in owner.valid else {"active": False}
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/introspect"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def write_atomically(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
 
 
 def wal_message_ids(wal_dir):
@@ -161,6 +206,47 @@ class ImapDovecotTest(unittest.TestCase):
         self.assertEqual(sorted(dv.message_ids("frank", "Archive", "ALL")), sorted(ids("frank", 20)))
         self.assertEqual(d.stop(), 0)
 
+    def test_xoauth2_with_a_rotated_token_file(self):
+        introspection = Introspection()
+        self.addCleanup(introspection.close)
+        introspection.valid = {"tok-one-ABCDEF"}
+        dv = self.dovecot = Dovecot(self.tmp, ["alice"], oauth2_introspection_url=introspection.url)
+        dv.start()
+        dv.append("alice", "INBOX", [message("oauth", i) for i in range(3)])
+        token_file = os.path.join(self.tmp, "alice.token")
+        write_atomically(token_file, "tok-one-ABCDEF\n")
+        d = self.daemon = Daemon(self.tmp, [{"name": "alice", "host": "127.0.0.1", "port": dv.port, "tls": "none",
+                                             "user": "alice", "auth": "xoauth2", "token_file": token_file}])
+        d.wait_ids(ids("oauth", 3))
+        self.assertIn("tok-one-ABCDEF", introspection.seen)
+
+        # The token is rotated on disk and the old one revoked; the next connection uses the new one.
+        introspection.valid = {"tok-two-GHIJKL"}
+        write_atomically(token_file, "tok-two-GHIJKL\n")
+        dv.stop()
+        d.wait_for("imap_disconnected")
+        dv.start()
+        dv.append("alice", "INBOX", [message("rotated", i) for i in range(2)])
+        d.wait_ids(ids("rotated", 2))
+        self.assertIn("tok-two-GHIJKL", introspection.seen)
+
+        # Revoked before the file changes: refused (retried with backoff) until the file is rotated.
+        introspection.valid = {"tok-three-MNOPQR"}
+        dv.stop()
+        d.wait_for("imap_disconnected")
+        dv.start()
+        refused = d.wait_for("imap_disconnected", code="imap_refused")
+        self.assertIn("AUTHENTICATE XOAUTH2 refused", refused["error"])
+        write_atomically(token_file, "tok-three-MNOPQR\n")
+        dv.append("alice", "INBOX", [message("after-refusal", i) for i in range(2)])
+        got = d.wait_ids(ids("oauth", 3) + ids("rotated", 2) + ids("after-refusal", 2))
+        self.assertEqual(len(got), 7)
+        self.assertRegex(dv.log(full=True), r"Login: user=<alice>, method=XOAUTH2")
+        self.assertEqual(d.stop(), 0)
+        log = "".join(d.log)
+        for token in ("tok-one", "tok-two", "tok-three"):
+            self.assertNotIn(token, log, "a token leaked into the log")
+
     def test_tls_starttls_plain_auth_and_connection_limit(self):
         dv = self.dovecot = Dovecot(self.tmp, ["alice", "bob"], tls=True)
         dv.start()
@@ -273,6 +359,25 @@ class ImapDovecotTest(unittest.TestCase):
                          f"{bad}:14: imap.mailbox[1].bogus: unknown key"):
             self.assertIn(expected, out.stderr)
         self.assertNotIn("p1", out.stderr.replace("imap.", ""))
+
+        # The keys of sync jobs, acknowledgements and XOAUTH2, in a separate mailboxes file.
+        mailboxes = os.path.join(self.tmp, "mailboxes.toml")
+        with open(mailboxes, "w") as f:
+            f.write('[[imap.mailbox]]\nname = "a"\nhost = "h"\nuser = "a"\npassword = "p"\non_durable = "move"\n'
+                    'backfill = "later"\n'
+                    '[[imap.mailbox]]\nname = "b"\nuser_id = "a"\nhost = "h"\nuser = "b"\nauth = "xoauth2"\n'
+                    'password = "p"\n')
+        with open(bad, "w") as f:
+            f.write(f'[imap]\nmailboxes_file = "{mailboxes}"\n[sync]\nincremental_interval_s = 0\n')
+        out = subprocess.run([BIN, "run", "--config", bad], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        for expected in (f"{bad}:4: sync.incremental_interval_s: must be between 1 and 604800",
+                         f"{mailboxes}:6: imap.mailbox[0].move_to: on_durable = \"move\" needs move_to",
+                         f"{mailboxes}:7: imap.mailbox[0].backfill: must be one of at_start, on_request",
+                         "imap.mailbox[1].user_id: user id 'a' belongs to another mailbox already",
+                         "imap.mailbox[1].password: auth = \"xoauth2\" takes token or token_file, not a password",
+                         "imap.mailbox[1].token: auth = \"xoauth2\" needs exactly one of token and token_file"):
+            self.assertIn(expected, out.stderr)
 
         data = os.path.join(self.tmp, "data")
         os.makedirs(data)
