@@ -1,6 +1,7 @@
 #include "net/imap_source.h"
 
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <openssl/evp.h>
 #include <unistd.h>
@@ -25,6 +26,16 @@ constexpr unsigned kFolderShift = 40;  // ack token = (folder index + 1) << 40 |
 
 enum class Phase { kOff, kConnecting, kLogin, kSelect, kSearch, kFetch, kIdle, kPolling };
 
+std::string AddressText(const sockaddr_storage& address) {
+  char text[INET6_ADDRSTRLEN] = "?";
+  if (address.ss_family == AF_INET6) {
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(address).sin6_addr, text, sizeof(text));
+  } else if (address.ss_family == AF_INET) {
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(address).sin_addr, text, sizeof(text));
+  }
+  return text;
+}
+
 std::string Base64(std::string_view bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3), '\0');
   const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
@@ -45,6 +56,8 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   std::uint64_t index = 0;
 
   ImapConnection* conn = nullptr;
+  std::size_t address_index = 0;    // into server->addresses, for the connection being opened
+  std::size_t addresses_tried = 0;  // failed connects in a row, this round
   bool has_slot = false;
   bool queued = false;  // in server->waiting
   std::uint64_t poll_seq = 0;  // the NOOP timer that is current; older ones do nothing
@@ -118,7 +131,11 @@ struct ImapSource::Folder final : ImapConnection::Listener {
 
   ImapLogFields Fields() const { return {{"mailbox", mailbox->name}, {"folder", folder}}; }
 
-  void OnReady(const ImapResponse&) override { source->Login(this); }
+  void OnReady(const ImapResponse&) override {
+    server->preferred = address_index;  // the next connections start with the address that answered
+    addresses_tried = 0;
+    source->Login(this);
+  }
 
   void OnUntagged(ImapResponse& r) override {
     const std::string name = ResponseName(r.text);
@@ -214,9 +231,21 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
       if (int rc = ::getaddrinfo(m.host.c_str(), port.c_str(), &hints, &result); rc != 0) {
         return base::MakeError("imap.resolve", fmt::format("mailbox {}: {}: {}", m.name, m.host, ::gai_strerror(rc)));
       }
-      std::memcpy(&server.address, result->ai_addr, result->ai_addrlen);
-      server.address_length = result->ai_addrlen;
+      // Every address, in getaddrinfo's order (RFC 6724: IPv6 before IPv4 where both exist).
+      for (const addrinfo* a = result; a != nullptr; a = a->ai_next) {
+        if (a->ai_addrlen > sizeof(sockaddr_storage)) continue;
+        Server::Address address;
+        std::memcpy(&address.storage, a->ai_addr, a->ai_addrlen);
+        address.length = a->ai_addrlen;
+        address.text = AddressText(address.storage);
+        const bool seen = std::any_of(server.addresses.begin(), server.addresses.end(),
+                                      [&](const Server::Address& other) { return other.text == address.text; });
+        if (!seen) server.addresses.push_back(std::move(address));
+      }
       ::freeaddrinfo(result);
+      if (server.addresses.empty()) {
+        return base::MakeError("imap.resolve", fmt::format("mailbox {}: {}: no usable address", m.name, m.host));
+      }
     }
     std::shared_ptr<TlsContext> tls;
     if (m.tls != ImapTls::kNone) {
@@ -430,7 +459,9 @@ void ImapSource::Connect(Folder* f) {
   options.tls_context = f->tls;
   options.host = f->mailbox->host;
   options.limits.max_literal_bytes = config_.max_message_bytes + (1u << 20);
-  f->conn = ImapConnection::Connect(loop_, f->server->address, f->server->address_length, options, f);
+  if (f->addresses_tried == 0) f->address_index = f->server->preferred;
+  const Server::Address& address = f->server->addresses[f->address_index];
+  f->conn = ImapConnection::Connect(loop_, address.storage, address.length, options, f);
 }
 
 void ImapSource::Disconnect(Folder* f, const base::Error& error) {
@@ -438,6 +469,20 @@ void ImapSource::Disconnect(Folder* f, const base::Error& error) {
     f->conn->Abandon();
     f->conn = nullptr;
   }
+  const std::size_t addresses = f->server->addresses.size();
+  if (error.code == "connect" && !shut_down_ && f->addresses_tried + 1 < addresses) {
+    // The host has further addresses (e.g. ::1 refused, 127.0.0.1 listening): the next one now.
+    ImapLogFields fields = f->Fields();
+    fields.emplace_back("address", f->server->addresses[f->address_index].text);
+    fields.emplace_back("error", error.message);
+    log_("imap_connect_failed", fields);
+    ++f->addresses_tried;
+    f->address_index = (f->address_index + 1) % addresses;
+    stats_.connect_fallbacks.Add();
+    Connect(f);  // keeps the slot
+    return;
+  }
+  f->addresses_tried = 0;
   ++f->generation;
   f->phase = Phase::kOff;
   f->arrived.clear();  // bodies of FETCH commands that never completed: fetched again

@@ -22,6 +22,9 @@
 // Faults: any network or protocol error, a BYE or a command timeout closes the connection; it is
 //   reopened after an exponential backoff (backoff_base doubling up to backoff_max, reset by a
 //   successful EXAMINE) and the sync resumes after the highest UID already handed to the pipeline.
+// Addresses: Create resolves each host once (getaddrinfo, every address). A connection starts at the
+//   address that answered last; a failed connect goes on at once to the next address, and only
+//   when every address failed in a row does the backoff apply.
 // Connection limit: at most max_connections_per_server connections per host:port; folders beyond
 //   it wait in FIFO order, and a folder that has caught up while others wait for its server
 //   closes its connection and comes back after poll_interval instead of idling, so every folder
@@ -118,6 +121,7 @@ struct ImapSourceConfig {
 struct ImapStats {
   Counter connects;
   Counter disconnects;       // errors and timeouts that closed a connection
+  Counter connect_fallbacks; // connects that failed and went on to the host's next address
   Counter fetch_commands;
   Counter messages;          // pushed to the pipeline
   Counter bytes;
@@ -173,8 +177,13 @@ class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource
  private:
   struct Folder;
   struct Server {
-    sockaddr_storage address{};
-    socklen_t address_length = 0;
+    struct Address {
+      sockaddr_storage storage{};
+      socklen_t length = 0;
+      std::string text;  // numeric, for logs
+    };
+    std::vector<Address> addresses;  // every resolved address, in getaddrinfo's order
+    std::size_t preferred = 0;       // the last one that answered: where connections start
     std::shared_ptr<TlsContext> tls;
     std::size_t active = 0;
     std::deque<Folder*> waiting;

@@ -247,6 +247,30 @@ class ImapDovecotTest(unittest.TestCase):
         for token in ("tok-one", "tok-two", "tok-three"):
             self.assertNotIn(token, log, "a token leaked into the log")
 
+    def test_every_resolved_address_is_tried(self):
+        """`localhost` resolving to ::1 then 127.0.0.1 (a hosts file bind-mounted over /etc/hosts in
+        the daemon's own mount namespace) while Dovecot listens on 127.0.0.1 only."""
+        hosts = os.path.join(self.tmp, "hosts")
+        with open(hosts, "w") as f:
+            f.write("::1 localhost\n127.0.0.1 localhost\n")
+        prefix = ["unshare", "--mount", "sh", "-c", f'mount --bind {hosts} /etc/hosts && exec "$0" "$@"']
+        probe = subprocess.run(prefix + ["getent", "ahosts", "localhost"], capture_output=True, text=True, timeout=10)
+        if probe.returncode != 0:
+            self.skipTest(f"no private mount namespace here: {probe.stderr.strip()}")
+        self.assertTrue(probe.stdout.startswith("::1"), probe.stdout)
+        dv = self.dovecot = Dovecot(self.tmp, ["alice"])
+        dv.start()
+        dv.append("alice", "INBOX", [message("multi", i) for i in range(4)])
+        d = self.daemon = Daemon(self.tmp, [{"name": "alice", "host": "localhost", "port": dv.port, "tls": "none",
+                                             "user": "alice", "password": PASSWORD}], prefix=prefix)
+        failed = d.wait_for("imap_connect_failed")
+        self.assertEqual(failed["address"], "::1")
+        self.assert_once(d.wait_ids(ids("multi", 4)), ids("multi", 4))
+        stats = d.stats()
+        self.assertEqual(stats["imap_connect_fallbacks"], 1)
+        self.assertEqual(stats["imap_disconnects"], 0, "the refused address cost a backoff")
+        self.assertEqual(d.stop(), 0)
+
     def test_tls_starttls_plain_auth_and_connection_limit(self):
         dv = self.dovecot = Dovecot(self.tmp, ["alice", "bob"], tls=True)
         dv.start()

@@ -24,7 +24,8 @@ def message(tag, i):
 
 
 class Daemon:
-    def __init__(self, tmp, mailboxes, imap_extra="", extra="", token="", wal_linger_us=1000):
+    def __init__(self, tmp, mailboxes, imap_extra="", extra="", token="", wal_linger_us=1000, prefix=()):
+        """prefix: a command the daemon is exec'ed from (same PID), e.g. to give it its own /etc/hosts."""
         self.tmp = tmp
         self.config = os.path.join(tmp, "mailrail.toml")
         self.stats_path = os.path.join(tmp, "stats.sock")
@@ -40,13 +41,14 @@ class Daemon:
                 for k, v in mb.items():
                     f.write(f"{k} = {json.dumps(v)}\n")
         self.token = token
+        self.prefix = list(prefix)
         self.log = []
         self.start()
 
     def start(self):
         """Starts the daemon; events are read from its log in a thread (one queue per process)."""
         self.events = queue.Queue()
-        self.proc = subprocess.Popen([BIN[0], "run", "--config", self.config], stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.prefix + [BIN[0], "run", "--config", self.config], stderr=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, args=(self.proc, self.events), daemon=True)
         self.reader.start()
         self.http = self.wait_for("started")["http"]
