@@ -391,6 +391,7 @@ void ImapSource::Shutdown() {
     server.active = 0;
     server.waiting.clear();
   }
+  stats_.connections_open.Set(0);
 }
 
 std::size_t ImapSource::in_flight() const {
@@ -402,8 +403,7 @@ std::size_t ImapSource::in_flight() const {
 void ImapSource::RequestSlot(Folder* f) {
   if (shut_down_ || f->has_slot || f->queued) return;
   if (f->server->active < config_.max_connections_per_server) {
-    ++f->server->active;
-    f->has_slot = true;
+    TakeSlot(f);
     Connect(f);
   } else {
     f->queued = true;
@@ -411,17 +411,24 @@ void ImapSource::RequestSlot(Folder* f) {
   }
 }
 
+void ImapSource::TakeSlot(Folder* f) {
+  ++f->server->active;
+  f->has_slot = true;
+  stats_.connections_open.Set(stats_.connections_open.value() + 1);
+  if (f->server->active > stats_.connections_peak.value()) stats_.connections_peak.Set(f->server->active);
+}
+
 void ImapSource::ReleaseSlot(Folder* f) {
   if (!f->has_slot) return;
   f->has_slot = false;
   Server& server = *f->server;
   --server.active;
+  stats_.connections_open.Set(stats_.connections_open.value() - 1);
   while (!shut_down_ && !server.waiting.empty() && server.active < config_.max_connections_per_server) {
     Folder* next = server.waiting.front();
     server.waiting.pop_front();
     next->queued = false;
-    ++server.active;
-    next->has_slot = true;
+    TakeSlot(next);
     Connect(next);
   }
 }

@@ -122,6 +122,8 @@ struct ImapStats {
   Counter connects;
   Counter disconnects;       // errors and timeouts that closed a connection
   Counter connect_fallbacks; // connects that failed and went on to the host's next address
+  Counter connections_open;  // gauge: connection slots in use, all servers
+  Counter connections_peak;  // gauge: the most slots ever in use at once on one server
   Counter fetch_commands;
   Counter messages;          // pushed to the pipeline
   Counter bytes;
@@ -193,6 +195,7 @@ class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource
              ImapSourceConfig config, ImapLog log);
   void LoadCheckpointOrError();  // sets checkpoint_error_ on a damaged file
   void RequestSlot(Folder* f);
+  void TakeSlot(Folder* f);
   void ReleaseSlot(Folder* f);
   void Connect(Folder* f);
   // xoauth2: loads the folder's token from the config or the token file; false (logged, without

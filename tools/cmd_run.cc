@@ -340,6 +340,8 @@ int RunDaemon(const std::string& config_path) {
       s.Counter("stage_messages_out", v(st.messages), {{"stage", "ingest"}, {"source", "imap"}});
       s.Counter("imap_connects", v(st.connects), {}, "IMAP connections opened");
       s.Counter("imap_disconnects", v(st.disconnects), {}, "IMAP connections lost to errors and timeouts");
+      s.Gauge("imap_connections_open", v(st.connections_open), {}, "IMAP connection slots in use");
+      s.Gauge("imap_connections_peak", v(st.connections_peak), {}, "most connection slots in use at once on one server");
       s.Counter("imap_connect_fallbacks", v(st.connect_fallbacks), {}, "failed connects retried at the host's next address");
       s.Counter("imap_fetch_commands", v(st.fetch_commands), {}, "UID FETCH commands sent");
       s.Counter("imap_messages", v(st.messages), {}, "messages fetched and pushed to the pipeline");

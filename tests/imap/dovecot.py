@@ -10,6 +10,7 @@ import subprocess
 import time
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 PASSWORD = "s3cret-Pa55"
 
 
@@ -30,7 +31,7 @@ def wait_until(predicate, timeout, what):
 
 
 class Dovecot:
-    def __init__(self, tmp, users, tls=False, oauth2_introspection_url=None):
+    def __init__(self, tmp, users, tls=False, oauth2_introspection_url=None, extra_conf=""):
         """oauth2_introspection_url: also accept AUTHENTICATE XOAUTH2, with tokens checked by POSTing
         token=... to that URL (Dovecot's oauth2 passdb, introspection_mode = post), which must
         answer {"active": true, "username": USER} for a valid token."""
@@ -67,6 +68,7 @@ class Dovecot:
         self.conf = os.path.join(self.dir, "dovecot.conf")
         with open(self.conf, "w") as f:
             f.write(f"""protocols = imap
+{extra_conf}
 listen = 127.0.0.1
 base_dir = {self.dir}/run
 state_dir = {self.dir}/state
@@ -175,4 +177,10 @@ service imap-login {{
                     out.append(header[header.index("<") + 1:header.index(">")])
         m.logout()
         return out
+
+    def sessions(self):
+        """IMAP sessions open now, as Dovecot counts them (doveadm who)."""
+        out = subprocess.run([DOVEADM, "-c", self.conf, "who", "-1"], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        return sum(1 for line in out.stdout.splitlines()[1:] if line.strip())
 
