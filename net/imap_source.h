@@ -3,7 +3,8 @@
 // daemon's network thread, which also runs the webhook: both push into the same SPSC ingest
 // channel from that one thread) and keeps one ImapConnection per (mailbox, folder):
 //
-//   connect ─► [STARTTLS] ─► LOGIN | AUTHENTICATE PLAIN ─► CAPABILITY ─► EXAMINE folder
+//   connect ─► [STARTTLS] ─► LOGIN | AUTHENTICATE PLAIN | XOAUTH2 ─► CAPABILITY
+//     ─► EXAMINE folder (SELECT with on_durable; then the acknowledgement catch-up search)
 //     ─► UID SEARCH UID <last+1>:* [SINCE <today - months>] NOT LARGER <max_message_bytes>
 //        (last = 0 on the first sync and after a UIDVALIDITY change: a full resync)
 //     ─► UID FETCH <set> (UID BODY.PEEK[]) in batches, up to pipeline_depth commands in flight
