@@ -471,13 +471,27 @@ void ImapSource::Connect(Folder* f) {
   f->conn = ImapConnection::Connect(loop_, address.storage, address.length, options, f);
 }
 
-void ImapSource::Disconnect(Folder* f, const base::Error& error) {
+void ImapSource::EndSession(Folder* f) {
   if (f->conn != nullptr) {
     f->conn->Abandon();
     f->conn = nullptr;
   }
+  ++f->generation;
+  f->phase = Phase::kOff;
+  f->arrived.clear();  // bodies of FETCH commands that never completed: fetched again
+  f->to_fetch.clear();
+  f->next_fetch = 0;
+  f->fetches_outstanding = 0;
+  ReleaseSlot(f);
+}
+
+void ImapSource::Disconnect(Folder* f, const base::Error& error) {
   const std::size_t addresses = f->server->addresses.size();
   if (error.code == "connect" && !shut_down_ && f->addresses_tried + 1 < addresses) {
+    if (f->conn != nullptr) {
+      f->conn->Abandon();
+      f->conn = nullptr;
+    }
     // The host has further addresses (e.g. ::1 refused, 127.0.0.1 listening): the next one now.
     ImapLogFields fields = f->Fields();
     fields.emplace_back("address", f->server->addresses[f->address_index].text);
@@ -490,14 +504,8 @@ void ImapSource::Disconnect(Folder* f, const base::Error& error) {
     return;
   }
   f->addresses_tried = 0;
-  ++f->generation;
-  f->phase = Phase::kOff;
-  f->arrived.clear();  // bodies of FETCH commands that never completed: fetched again
-  f->to_fetch.clear();
-  f->next_fetch = 0;
-  f->fetches_outstanding = 0;
   stats_.disconnects.Add();
-  ReleaseSlot(f);
+  EndSession(f);
   if (shut_down_) return;
   f->backoff = f->backoff.count() == 0 ? config_.backoff_base : std::min(config_.backoff_max, f->backoff * 2);
   ImapLogFields fields = f->Fields();
@@ -777,11 +785,7 @@ void ImapSource::CaughtUp(Folder* f) {
   }
   if (!f->server->waiting.empty()) {
     // Others wait for this server: make room and come back after the poll interval.
-    f->conn->Abandon();
-    f->conn = nullptr;
-    ++f->generation;
-    f->phase = Phase::kOff;
-    ReleaseSlot(f);
+    EndSession(f);
     ScheduleRetry(f, config_.poll_interval);
     return;
   }
@@ -1020,58 +1024,45 @@ bool ImapSource::HasMailbox(std::string_view user_id) const {
   return false;
 }
 
-bool ImapSource::StartBackfill(std::string_view user_id, unsigned months, bool resume) {
-  bool found = false;
+std::vector<ImapSource::Folder*> ImapSource::RequestRun(std::string_view user_id, bool backfill) {
+  std::vector<Folder*> folders;
   for (auto& fp : folders_) {
     Folder* f = fp.get();
     if (f->mailbox->user_id != user_id) continue;
-    found = true;
     f->enabled = true;
-    f->months = months;
     f->run_requested = true;
-    f->run_backfill = true;
+    f->run_backfill = backfill;
+    folders.push_back(f);
+  }
+  return folders;
+}
+
+bool ImapSource::StartBackfill(std::string_view user_id, unsigned months, bool resume) {
+  const std::vector<Folder*> folders = RequestRun(user_id, /*backfill=*/true);
+  for (Folder* f : folders) {
+    f->months = months;
     if (!resume) {
       // Start over: drop the session (a FETCH in flight would move fetched_uid again) and the
       // checkpoint, so that a crash during the backfill resumes it rather than skipping its start.
-      if (f->conn != nullptr) {
-        f->conn->Abandon();
-        f->conn = nullptr;
-        ++f->generation;
-        f->phase = Phase::kOff;
-        f->arrived.clear();
-        f->to_fetch.clear();
-        f->next_fetch = 0;
-        f->fetches_outstanding = 0;
-        ReleaseSlot(f);
-      }
+      if (f->conn != nullptr) EndSession(f);
       ++f->epoch;
       f->fetched_uid = 0;
       f->durable_uid = 0;
       f->backoff = std::chrono::milliseconds(0);
     }
   }
-  if (!found) return false;
+  if (folders.empty()) return false;
   if (!resume) {
     if (auto status = WriteCheckpoint(); !status) log_("imap_checkpoint_failed", {{"error", status.error().message}});
   }
-  for (auto& fp : folders_) {
-    if (fp->mailbox->user_id == user_id) Nudge(fp.get());
-  }
+  for (Folder* f : folders) Nudge(f);
   return true;
 }
 
 bool ImapSource::SyncNow(std::string_view user_id) {
-  bool found = false;
-  for (auto& fp : folders_) {
-    Folder* f = fp.get();
-    if (f->mailbox->user_id != user_id) continue;
-    found = true;
-    f->enabled = true;
-    f->run_requested = true;
-    f->run_backfill = false;
-    Nudge(f);
-  }
-  return found;
+  const std::vector<Folder*> folders = RequestRun(user_id, /*backfill=*/false);
+  for (Folder* f : folders) Nudge(f);
+  return !folders.empty();
 }
 
 MailboxSyncProgress ImapSource::Progress(std::string_view user_id, std::uint64_t terminal_durable_lsn) {

@@ -203,6 +203,10 @@ class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource
   // the contents) when the file cannot be read or holds no usable token.
   bool ReadToken(Folder* f);
   void Disconnect(Folder* f, const base::Error& error);
+  // Closes the folder's connection (if any), forgets the FETCHes in flight, frees its slot.
+  void EndSession(Folder* f);
+  // Enables every folder of the user's mailbox and asks each for a run; returns them.
+  std::vector<Folder*> RequestRun(std::string_view user_id, bool backfill);
   void ScheduleRetry(Folder* f, std::chrono::milliseconds delay);
   void Login(Folder* f);
   void Select(Folder* f);

@@ -13,11 +13,9 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -25,7 +23,7 @@ import urllib.parse
 
 import mailrail_daemon
 from dovecot import PASSWORD, Dovecot, wait_until  # PASSWORD must never show up in the daemon's output
-from mailrail_daemon import Daemon, ids, message
+from mailrail_daemon import Daemon, DovecotDaemonTestCase, ids, message
 
 BIN = mailrail_daemon.BIN[0] = sys.argv.pop(1)
 
@@ -81,21 +79,7 @@ def wal_message_ids(wal_dir):
     return found
 
 
-class ImapDovecotTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="mailrail-imap-")
-        self.dovecot = None
-        self.daemon = None
-
-    def tearDown(self):
-        if self.daemon is not None and self.daemon.proc.poll() is None:
-            self.daemon.kill()
-        if self.dovecot is not None:
-            self.dovecot.stop()
-        if self.daemon is not None:
-            self.assertNotIn(PASSWORD, "".join(self.daemon.log), "the password leaked into the log")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
+class ImapDovecotTest(DovecotDaemonTestCase):
     def assert_once(self, all_ids, expected):
         for i in expected:
             self.assertEqual(all_ids.count(i), 1, f"{i} delivered {all_ids.count(i)} times")

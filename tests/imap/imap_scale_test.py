@@ -8,16 +8,14 @@ as the source counts its own slots (imap_connections_peak).
     imap_scale_test.py MAILRAIL_BIN
 """
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import unittest
 
 import mailrail_daemon
 from dovecot import PASSWORD, Dovecot
-from mailrail_daemon import Daemon, ids, message
+from mailrail_daemon import Daemon, DovecotDaemonTestCase, ids, message
 
 mailrail_daemon.BIN[0] = sys.argv.pop(1)
 USERS = 300
@@ -25,18 +23,8 @@ PER_USER = 3
 LIMIT = 50
 
 
-class ImapScaleTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="mailrail-imap-scale-")
-        self.dovecot = None
-        self.daemon = None
-
-    def tearDown(self):
-        if self.daemon is not None and self.daemon.proc.poll() is None:
-            self.daemon.kill()
-        if self.dovecot is not None:
-            self.dovecot.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+class ImapScaleTest(DovecotDaemonTestCase):
+    tmp_prefix = "mailrail-imap-scale-"
 
     def test_300_mailboxes_through_50_connections(self):
         users = [f"user{i:03d}" for i in range(USERS)]

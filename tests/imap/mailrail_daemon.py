@@ -4,15 +4,18 @@ checkpoint. BIN[0] is the binary; the test script sets it from its command line.
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import threading
+import tempfile
 import time
+import unittest
 import urllib.error
 import urllib.request
 
-from dovecot import wait_until
+from dovecot import PASSWORD, wait_until
 
 BIN = [None]
 
@@ -153,3 +156,24 @@ class Daemon:
 
 def ids(tag, n, start=0):
     return [f"{tag}-{i}@imap.test" for i in range(start, start + n)]  # the record drops the <>
+
+
+class DovecotDaemonTestCase(unittest.TestCase):
+    """A temporary directory per test, a Dovecot (self.dovecot) and a daemon (self.daemon) the test
+    may start; both are stopped by PID afterwards, and the daemon's log must not hold PASSWORD."""
+    tmp_prefix = "mailrail-imap-"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix=self.tmp_prefix)
+        self.dovecot = None
+        self.daemon = None
+
+    def tearDown(self):
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            self.daemon.kill()
+        if self.dovecot is not None:
+            self.dovecot.stop()
+        if self.daemon is not None:
+            self.assertNotIn(PASSWORD, "".join(self.daemon.log), "the password leaked into the log")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+

@@ -12,36 +12,28 @@ never appear in the log, the answers or the stats. Every wait is bounded.
 """
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import unittest
 
 import mailrail_daemon
 from dovecot import PASSWORD, Dovecot, free_port, wait_until
-from mailrail_daemon import Daemon, ids, message
+from mailrail_daemon import Daemon, DovecotDaemonTestCase, ids, message
 
 mailrail_daemon.BIN[0] = sys.argv.pop(1)
 TOKEN = "sync-test-token"
 
 
-class SyncJobsTest(unittest.TestCase):
+class SyncJobsTest(DovecotDaemonTestCase):
+    tmp_prefix = "mailrail-sync-"
+
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="mailrail-sync-")
-        self.dovecot = None
-        self.daemon = None
+        super().setUp()
         self.answers = []  # every API answer, checked for the secret at the end
 
     def tearDown(self):
-        if self.daemon is not None and self.daemon.proc.poll() is None:
-            self.daemon.kill()
-        if self.dovecot is not None:
-            self.dovecot.stop()
-        if self.daemon is not None:
-            self.assertNotIn(PASSWORD, "".join(self.daemon.log), "the password leaked into the log")
+        super().tearDown()
         self.assertNotIn(PASSWORD, json.dumps(self.answers), "the password leaked into an API answer")
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def api(self, method, path, token=None):
         status, body = self.daemon.api(method, path, token)
