@@ -78,7 +78,8 @@ namespace mailrail::net {
 
 struct ImapMailboxConfig {
   std::string name;  // in SourceRef ids and the checkpoint; default "<user>@<host>"
-  std::string user_id;  // the sync-job API's key (MailboxSyncSource); default: name
+  std::string user_id;  // the sync-job API's key (MailboxSyncSource); default: name. Shared by
+                        // several mailboxes, a run covers the folders of all of them
   // false: the mailbox is not synchronised until a sync job starts its backfill (or, after a
   // restart, until it has a checkpoint line: its backfill ran before).
   bool backfill_at_start = true;

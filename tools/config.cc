@@ -201,7 +201,6 @@ void ReadTopology(TableReader& top, DaemonConfig& config) {
 // Names that must be unique across the config file and the mailboxes file.
 struct MailboxNames {
   std::set<std::string> folders;  // "<name>/<folder>"
-  std::set<std::string> users;    // user ids
 };
 
 void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& file, std::vector<std::string>& errors,
@@ -379,8 +378,6 @@ void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& 
       if (mailbox.user_id.empty()) mailbox.user_id = mailbox.name;
       if (mailbox.user_id.find_first_of(std::string_view("\t\r\n/\0", 5)) != std::string::npos) {
         m.Fail(t.get("user_id") != nullptr ? *t.get("user_id") : t, "user_id", "must not contain '/', tabs, line breaks or NUL");
-      } else if (!names.users.insert(mailbox.user_id).second) {
-        m.Fail(t, "user_id", fmt::format("user id '{}' belongs to another mailbox already", mailbox.user_id));
       }
       for (const std::string& folder : mailbox.folders) {
         if (!ids.insert(mailbox.name + "/" + folder).second) {
