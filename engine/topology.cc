@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -30,6 +31,66 @@ std::vector<int> AllowedCpus() {
   }
   if (cpus.empty()) cpus.push_back(0);
   return cpus;
+}
+
+namespace {
+
+// Splits stages (costs in pipeline order) over at most `cores` threads: the least possible cost
+// on the busiest thread, and among those splits the fewest hand-offs between threads (adjacent
+// stages on different threads), so equal costs give contiguous runs. Exhaustive while
+// cores^stages is small (2 cores x 7 stages: 64 splits); otherwise longest-first greedy.
+// Stages keep pipeline order within a thread; threads are numbered by their first stage.
+std::vector<std::vector<std::size_t>> BalanceStages(const std::vector<unsigned>& costs, std::size_t cores) {
+  const std::size_t n = costs.size();
+  std::vector<std::size_t> best(n, 0);
+  double splits = 1;
+  for (std::size_t i = 1; i < n; ++i) splits *= static_cast<double>(cores);
+  if (splits <= 65536) {
+    std::vector<std::size_t> assign(n, 0);  // stage 0 on thread 0: the others are symmetric
+    std::pair<unsigned, std::size_t> best_score{~0u, n};
+    for (;;) {
+      std::vector<unsigned> load(cores, 0);
+      for (std::size_t i = 0; i < n; ++i) load[assign[i]] += costs[i];
+      std::size_t cuts = 0;
+      for (std::size_t i = 1; i < n; ++i) cuts += assign[i] != assign[i - 1];
+      const std::pair<unsigned, std::size_t> score{*std::max_element(load.begin(), load.end()), cuts};
+      if (score < best_score) {
+        best_score = score;
+        best = assign;
+      }
+      std::size_t i = 1;
+      while (i < n && ++assign[i] == cores) assign[i++] = 0;
+      if (i >= n) break;
+    }
+  } else {
+    std::vector<std::size_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return costs[a] > costs[b]; });
+    std::vector<unsigned> load(cores, 0);
+    for (std::size_t i : order) {
+      best[i] = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      load[best[i]] += costs[i];
+    }
+  }
+  std::vector<std::vector<std::size_t>> groups;
+  std::vector<std::size_t> number(cores, cores);  // thread index of each group, by first stage
+  for (std::size_t i = 0; i < n; ++i) {
+    if (number[best[i]] == cores) {
+      number[best[i]] = groups.size();
+      groups.emplace_back();
+    }
+    groups[number[best[i]]].push_back(i);
+  }
+  return groups;
+}
+
+}  // namespace
+
+cpu_set_t ProcessCpuSet() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(getpid(), sizeof(set), &set) != 0) CPU_SET(0, &set);
+  return set;
 }
 
 Topology::Topology(TopologyConfig config) : config_(std::move(config)) {}
@@ -98,19 +159,9 @@ base::Status Topology::Place() {
       if (cores >= stage_count) {
         for (std::size_t i = 0; i < stage_count; ++i) groups.push_back({i});
       } else {
-        // Contiguous runs of stages with roughly equal total cost, one run per core.
-        unsigned total = 0;
-        for (const auto& slot : stages_) total += std::max(1u, slot->stage->cost_hint());
-        groups.resize(cores);
-        unsigned before = 0;
-        for (std::size_t i = 0; i < stage_count; ++i) {
-          const unsigned cost = std::max(1u, stages_[i]->stage->cost_hint());
-          // The stage goes to the thread whose share contains the midpoint of its cost.
-          const std::size_t thread = std::min<std::size_t>(cores - 1, (2 * before + cost) * cores / (2 * total));
-          groups[thread].push_back(i);
-          before += cost;
-        }
-        std::erase_if(groups, [](const auto& g) { return g.empty(); });
+        std::vector<unsigned> costs;
+        for (const auto& slot : stages_) costs.push_back(std::max(1u, slot->stage->cost_hint()));
+        groups = BalanceStages(costs, cores);
       }
       pin = pin || groups.size() <= allowed.size();
       break;

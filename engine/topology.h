@@ -11,13 +11,17 @@
 //   or by the destructor.
 // Placement:
 //   kAuto           one thread per stage, pinned one per CPU, when the CPUs allowed to the process
-//                   are at least the number of stages; otherwise one thread per CPU, each running a
-//                   contiguous run of stages balanced by Stage::cost_hint().
+//                   are at least the number of stages; otherwise one thread per CPU, the stages
+//                   split over them so that the busiest thread has the least total
+//                   Stage::cost_hint() (ties: fewest hand-offs between threads, so equal costs give
+//                   contiguous runs; a thread's stages need not be neighbours in the pipeline).
 //   kOneThread      every stage on one thread.
 //   kThreadPerStage one thread per stage.
 //   kExplicit       TopologyConfig::threads lists the stage names for each thread.
 //   Threads are pinned to TopologyConfig::cpus when given; kAuto pins when there are at least as
 //   many allowed CPUs as threads.
+
+#include <sched.h>
 
 #include <atomic>
 #include <chrono>
@@ -134,5 +138,11 @@ class Topology {
 
 // Number of CPUs in the calling process's affinity mask, and their ids in order.
 std::vector<int> AllowedCpus();
+
+// The CPUs the whole process may use: the affinity of its main thread, which the Topology never
+// pins. Rings give it to io_uring_register_iowq_aff so that io_uring's kernel workers (which copy
+// WAL groups into the page cache and run fdatasync) may run on any of them; by default they
+// inherit the pin of the stage thread that first submits and pile that work onto its core.
+cpu_set_t ProcessCpuSet();
 
 }  // namespace mailrail::engine

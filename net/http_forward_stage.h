@@ -59,7 +59,7 @@ class HttpForwardStage final : public stages::TerminalStage {
   std::size_t RunOnce() override;
   bool IsFinished() const override { return finished_; }
   engine::Clock::time_point next_deadline() const override;
-  unsigned cost_hint() const override { return 2; }
+  unsigned cost_hint() const override { return 4; }
   void Report(engine::Snapshot& snapshot) const override;
 
   const stages::OutcomeCounters& counters() const override { return counters_; }

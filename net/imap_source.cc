@@ -1,16 +1,12 @@
 #include "net/imap_source.h"
 
-#include <fcntl.h>
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <openssl/evp.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <set>
 
@@ -196,16 +192,14 @@ struct ImapSource::Folder final : ImapConnection::Listener {
 
 ImapSource::ImapSource(EventLoop* loop, stages::MessagePool* pool, engine::Channel<stages::Message*>* channel,
                        ImapSourceConfig config, ImapLog log)
-    : loop_(loop), pool_(pool), channel_(channel), config_(std::move(config)), log_(std::move(log)) {}
+    : loop_(loop),
+      config_(std::move(config)),
+      log_(std::move(log)),
+      outlet_(loop, pool, channel, this, [this] { PushReady(); },
+              [this](std::span<const stages::DurableAck> acks) { ApplyAcks(acks); }) {}
 
 ImapSource::~ImapSource() {
   *alive_ = false;
-  {
-    std::lock_guard lock(checkpoint_mutex_);
-    checkpoint_stop_ = true;
-  }
-  checkpoint_cv_.notify_one();
-  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   for (auto& f : folders_) {
     if (f->conn != nullptr) f->conn->Abandon();
   }
@@ -272,7 +266,10 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
       s->folders_.push_back(std::move(f));
     }
   }
-  s->checkpoint_thread_ = std::thread([source = s.get()] { source->RunCheckpointWriter(); });
+  s->checkpoint_file_ = std::make_unique<CheckpointFile>(
+      s->config_.checkpoint_path, "imap.checkpoint", &s->stats_.checkpoint_writes,
+      [source = s.get()](const base::Error& error) { source->log_("imap_checkpoint_failed", {{"error", error.message}}); });
+  s->checkpoint_file_->SetDeferred(loop, s->config_.checkpoint_interval, [source = s.get()] { return source->CheckpointText(); });
   return s;
 }
 
@@ -313,63 +310,12 @@ std::string ImapSource::CheckpointText() {
   return text;
 }
 
-base::Status ImapSource::WriteCheckpointFile(std::uint64_t seq, const std::string& text) {
-  std::lock_guard file_lock(checkpoint_file_mutex_);
-  // A text built before the one already written (the shutdown write overtook the thread's) would
-  // move the checkpoint back.
-  if (seq <= written_seq_) return base::OkStatus();
-  const std::string& path = config_.checkpoint_path;
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return base::MakeError("imap.checkpoint", "cannot write " + tmp + ": " + std::strerror(errno));
-  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fdatasync(fd) == 0;
-  ::close(fd);
-  if (!written || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return base::MakeError("imap.checkpoint", "cannot write " + path + ": " + std::strerror(errno));
-  }
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  const int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0 || ::fsync(dir_fd) != 0) {
-    if (dir_fd >= 0) ::close(dir_fd);
-    return base::MakeError("imap.checkpoint", "cannot sync directory of " + path + ": " + std::strerror(errno));
-  }
-  ::close(dir_fd);
-  written_seq_ = seq;
-  stats_.checkpoint_writes.Add();  // under checkpoint_file_mutex_: one writer at a time
-  return base::OkStatus();
-}
-
 base::Status ImapSource::WriteCheckpoint() {
-  std::string text = CheckpointText();
-  {
-    std::lock_guard lock(checkpoint_mutex_);
-    checkpoint_pending_.reset();  // older than `text`
-  }
-  checkpoint_dirty_ = false;
-  return WriteCheckpointFile(++checkpoint_seq_, text);
-}
-
-void ImapSource::RunCheckpointWriter() {
-  std::unique_lock lock(checkpoint_mutex_);
-  for (;;) {
-    checkpoint_cv_.wait(lock, [this] { return checkpoint_stop_ || checkpoint_pending_.has_value(); });
-    if (checkpoint_stop_) return;
-    auto [seq, text] = std::move(*checkpoint_pending_);
-    checkpoint_pending_.reset();
-    lock.unlock();
-    if (auto status = WriteCheckpointFile(seq, text); !status) {
-      // The next acknowledgement schedules another write; until then a restart resumes earlier.
-      log_("imap_checkpoint_failed", {{"error", status.error().message}});
-    }
-    lock.lock();
-  }
+  return checkpoint_file_->WriteNow(CheckpointText());
 }
 
 void ImapSource::Start() {
-  // Messages filled during one loop iteration enter the ring with one push.
-  loop_->AddBatchEndHook([this] {
-    if (!held_.empty()) PushHeld();
-  });
+  outlet_.Install();  // messages filled during one loop iteration enter the ring with one push
   for (auto& f : folders_) {
     if (f->enabled) RequestSlot(f.get());
   }
@@ -838,91 +784,44 @@ void ImapSource::PushReady() {
         f->ready.pop_front();
         continue;
       }
-      if (channel_->capacity() - channel_->size_approx() <= held_.size()) {
+      const std::size_t bytes = r.raw.size();
+      const std::uint64_t token = ((f->index + 1) << kFolderShift) | f->next_seq;
+      if (!outlet_.TryHold(r.raw, stages::InputKind::kRfc822, stages::SourceKind::kImap, f->id,
+                           fmt::format("{}:{}", r.validity, r.uid), token)) {
         blocked = true;
         break;
       }
-      stages::Message* m = pool_->TryAcquire(r.raw.size());
-      if (m == nullptr) {
-        blocked = true;
-        break;
-      }
-      m->raw.swap(r.raw);
-      m->kind = stages::InputKind::kRfc822;
-      m->source.kind = stages::SourceKind::kImap;
-      m->source.id = f->id;
-      m->source.position = fmt::format("{}:{}", r.validity, r.uid);
-      m->received_at_ms = base::UnixMs();
-      m->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-      m->ack_sink = this;
-      m->ack_token = ((f->index + 1) << kFolderShift) | f->next_seq++;
-      f->in_flight.push_back({m->ack_token, r.validity, r.uid, r.epoch, false});
-      held_.push_back(m);
+      ++f->next_seq;
+      f->in_flight.push_back({token, r.validity, r.uid, r.epoch, false});
       stats_.messages.Add();
-      stats_.bytes.Add(m->raw.size());
+      stats_.bytes.Add(bytes);
       f->ready.pop_front();
     }
     Settle(f);
   }
-  if (blocked && !push_retry_armed_) {
-    push_retry_armed_ = true;
-    std::weak_ptr<bool> alive = alive_;
-    loop_->RunAfter(std::chrono::milliseconds(1), [this, alive] {
-      if (alive.expired()) return;
-      push_retry_armed_ = false;
-      PushReady();
-    });
-  }
+  if (blocked) outlet_.RetrySoon();
   for (auto& f : folders_) {
     if (f->phase == Phase::kFetch) FetchMore(f.get());
   }
 }
 
-void ImapSource::PushHeld() {
-  const std::size_t pushed = channel_->PushBatch(std::span<stages::Message* const>(held_));
-  held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(pushed));
-  if (!held_.empty() && !push_retry_armed_) {
-    push_retry_armed_ = true;
-    std::weak_ptr<bool> alive = alive_;
-    loop_->RunAfter(std::chrono::milliseconds(1), [this, alive] {
-      if (alive.expired()) return;
-      push_retry_armed_ = false;
-      PushReady();  // pushes held_ too, at the end of this iteration
-    });
-  }
-}
-
-void ImapSource::OnDurable(std::span<const stages::DurableAck> acks) {
-  bool was_empty;
-  {
-    std::lock_guard lock(acks_mutex_);
-    was_empty = acks_.empty();
-    acks_.insert(acks_.end(), acks.begin(), acks.end());
-  }
-  std::weak_ptr<bool> alive = alive_;
-  if (was_empty) loop_->Post([this, alive] {
-    if (!alive.expired()) DrainAcks();
-  });
-}
+void ImapSource::OnDurable(std::span<const stages::DurableAck> acks) { outlet_.OnDurable(acks); }
 
 void ImapSource::Settle(Folder* f) {
+  bool moved = false;
   while (!f->in_flight.empty() && f->in_flight.front().settled) {
     if (f->in_flight.front().epoch == f->epoch) {  // an older epoch's message: a fresh backfill redoes it
       f->durable_validity = f->in_flight.front().validity;
       f->durable_uid = f->in_flight.front().uid;
-      checkpoint_dirty_ = true;
+      moved = true;
     }
     f->in_flight.pop_front();
   }
-  if (checkpoint_dirty_) ScheduleCheckpoint();
+  if (moved) checkpoint_file_->MarkDirty();
 }
 
-void ImapSource::DrainAcks() {
-  {
-    std::lock_guard lock(acks_mutex_);
-    draining_acks_.swap(acks_);
-  }
-  for (const stages::DurableAck& ack : draining_acks_) {
+void ImapSource::ApplyAcks(std::span<const stages::DurableAck> acks) {
+  for (const stages::DurableAck& ack : acks) {
     const std::uint64_t index = (ack.token >> kFolderShift) - 1;
     MR_CHECK(index < folders_.size()) << "IMAP durable ack for unknown token " << ack.token;
     Folder* f = folders_[index].get();
@@ -943,29 +842,10 @@ void ImapSource::DrainAcks() {
     stats_.durable.Add();
     Settle(f);
   }
-  for (const stages::DurableAck& ack : draining_acks_) {  // one batch per folder and drain
+  for (const stages::DurableAck& ack : acks) {  // one batch per folder and drain
     Folder* f = folders_[(ack.token >> kFolderShift) - 1].get();
     if (!f->to_acknowledge.empty()) Acknowledge(f);
   }
-  draining_acks_.clear();
-}
-
-void ImapSource::ScheduleCheckpoint() {
-  if (checkpoint_armed_) return;
-  checkpoint_armed_ = true;
-  std::weak_ptr<bool> alive = alive_;
-  loop_->RunAfter(config_.checkpoint_interval, [this, alive] {
-    if (alive.expired()) return;
-    checkpoint_armed_ = false;
-    if (!checkpoint_dirty_) return;
-    checkpoint_dirty_ = false;
-    // The fsyncs happen on the checkpoint thread: the loop never waits for the disk.
-    {
-      std::lock_guard lock(checkpoint_mutex_);
-      checkpoint_pending_.emplace(++checkpoint_seq_, CheckpointText());  // replaces an older one not yet written
-    }
-    checkpoint_cv_.notify_one();
-  });
 }
 
 void ImapSource::Tick() {

@@ -46,15 +46,14 @@
 //
 // Threading: Start, Shutdown, WriteCheckpoint, in_flight, PollNow and the callbacks on the loop
 //   thread; the checkpoint thread only writes texts the loop built (and may call the log);
-//   OnDurable on the WAL thread (appends under acks_mutex_ and posts one drain task when the
-//   queue was empty, like IngestHandler); stats() from any thread (relaxed counters).
+//   OnDurable on the WAL thread (SourceOutlet queues the acks and applies them on the loop
+//   thread); stats() from any thread (relaxed counters).
 // Ownership: pool, channel and loop outlive the source, and the source outlives every message it
 //   pushed (the WAL calls OnDurable on it).
 
 #include <sys/socket.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -63,15 +62,16 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "engine/channel.h"
+#include "net/checkpoint_file.h"
 #include "net/counter.h"
 #include "net/event_loop.h"
 #include "net/imap_connection.h"
 #include "net/mailbox_sync_source.h"
+#include "net/source_outlet.h"
 #include "stages/message.h"
 
 namespace mailrail::net {
@@ -225,20 +225,13 @@ class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource
   void BeginRun(Folder* f);
   void StartIdle(Folder* f);
   void PushReady();
-  void PushHeld();
   void Settle(Folder* f);  // advances the checkpoint over acknowledged and skipped messages
-  void DrainAcks();
-  void ScheduleCheckpoint();
+  void ApplyAcks(std::span<const stages::DurableAck> acks);
   std::string CheckpointText();  // loop thread: the file's contents from the folders' state
-  // Any thread; serialised; skips a text older (lower seq) than the last one written.
-  base::Status WriteCheckpointFile(std::uint64_t seq, const std::string& text);
-  void RunCheckpointWriter();    // the checkpoint thread
   void Tick();
   bool CheckOk(Folder* f, const ImapResponse& done, std::string_view what);
 
   EventLoop* loop_;
-  stages::MessagePool* pool_;
-  engine::Channel<stages::Message*>* channel_;
   ImapSourceConfig config_;
   ImapLog log_;
   ImapStats stats_;
@@ -247,28 +240,12 @@ class ImapSource final : public stages::DurableAckSink, public MailboxSyncSource
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> loaded_checkpoint_;  // id -> (validity, uid)
   std::string checkpoint_error_;
 
-  std::vector<stages::Message*> held_;  // filled, pushed at the end of the loop iteration
-  bool push_retry_armed_ = false;
-  bool checkpoint_armed_ = false;
-  bool checkpoint_dirty_ = false;
   bool shut_down_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
-  // The checkpoint thread writes what the loop hands it (latest text wins), so the loop never
-  // waits for fsync. checkpoint_mutex_ guards checkpoint_pending_ and checkpoint_stop_;
-  // checkpoint_file_mutex_ serialises writes of the file (checkpoint thread and WriteCheckpoint).
-  std::thread checkpoint_thread_;
-  std::mutex checkpoint_mutex_;
-  std::condition_variable checkpoint_cv_;
-  std::optional<std::pair<std::uint64_t, std::string>> checkpoint_pending_;  // (seq, text)
-  bool checkpoint_stop_ = false;
-  std::uint64_t checkpoint_seq_ = 0;  // loop thread: sequence of the last text built
-  std::mutex checkpoint_file_mutex_;
-  std::uint64_t written_seq_ = 0;     // guarded by checkpoint_file_mutex_
-
-  std::mutex acks_mutex_;
-  std::vector<stages::DurableAck> acks_;           // guarded by acks_mutex_
-  std::vector<stages::DurableAck> draining_acks_;  // loop thread
+  // Written by its own thread from texts the loop builds (the loop never waits for fsync).
+  std::unique_ptr<CheckpointFile> checkpoint_file_;
+  SourceOutlet outlet_;
 };
 
 }  // namespace mailrail::net

@@ -155,6 +155,9 @@ void IngestHandler::HandleGraph(HttpRequest& request, Responder responder) {
       } else {
         stats_.graph_lifecycle_other.Add();
       }
+      std::string_view subscription;
+      if (n["subscriptionId"].get(subscription)) subscription = {};
+      if (config_.graph_target != nullptr) config_.graph_target->OnGraphLifecycle(subscription, lifecycle);
       continue;
     }
     std::string_view subscription, resource;
@@ -163,13 +166,17 @@ void IngestHandler::HandleGraph(HttpRequest& request, Responder responder) {
       responder.Send(BadRequest("change notification without subscriptionId or resource"));
       return;
     }
+    if (config_.graph_target != nullptr && config_.graph_target->OnGraphChange(resource, subscription)) {
+      stats_.graph_notifications.Add();
+      continue;
+    }
     graph_raw_.push_back(simdjson::minify(n));
     raw_bytes += graph_raw_.back().size();
     items_.push_back({{}, subscription, resource});
   }
   (void)raw_bytes;
   for (std::size_t i = 0; i < items_.size(); ++i) items_[i].raw = graph_raw_[i];
-  stats_.graph_notifications.Add(items_.size());
+  stats_.graph_notifications.Add(items_.size());  // those the Graph source took are counted above
   if (items_.empty()) {
     responder.Send(HttpResponse::Json(202, "{\"lsns\":[]}"));  // nothing to fetch; Graph wants a 2xx
     return;

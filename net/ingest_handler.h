@@ -12,9 +12,12 @@
 //                         Otherwise a Graph notification collection {"value":[...]}: a
 //                         clientState that does not match the configured secret is discarded and
 //                         counted; lifecycle notifications (reauthorizationRequired, missed,
-//                         subscriptionRemoved) are counted; every valid change notification
-//                         becomes a Message of kind kGraphNotification (a durable fetch request
-//                         for the Graph poller) -> 202 after they are durable.
+//                         subscriptionRemoved) are counted (and handed to the Graph source when
+//                         one is configured); a valid change notification for a mailbox of the
+//                         Graph source becomes a delta round of that mailbox (answered at once:
+//                         the source's delta checkpoint is what is durable); every other valid
+//                         change notification becomes a Message of kind kGraphNotification (a
+//                         durable fetch request) -> 202 after they are durable.
 // Backpressure: when the MessagePool has no slot or byte budget left, or the channel has no room,
 // the answer is 503 with Retry-After and nothing is enqueued.
 //
@@ -43,11 +46,29 @@
 
 namespace mailrail::net {
 
+// GraphNotificationTarget: where valid Graph notifications go when a Graph source is configured
+// (GraphSource). Threading: called on the loop thread that runs the handler, which is the
+// source's loop too, so no hand-over is needed.
+class GraphNotificationTarget {
+ public:
+  // A change notification; true when it names a known mailbox and was turned into a delta round
+  // (the handler then enqueues nothing: the source's delta checkpoint is the durable state).
+  virtual bool OnGraphChange(std::string_view resource, std::string_view subscription_id) = 0;
+  // A lifecycle notification (after the handler counted it).
+  virtual void OnGraphLifecycle(std::string_view subscription_id, std::string_view event) = 0;
+
+ protected:
+  ~GraphNotificationTarget() = default;
+};
+
 struct IngestConfig {
   int retry_after_seconds = 1;
   // Graph subscriptions' clientState secret; empty disables the check (not recommended).
   std::string graph_client_state;
   std::size_t max_messages_per_request = 1000;  // JSON arrays beyond this get 413
+  // Null: change notifications become kGraphNotification Messages (quarantined by the parse stage
+  // as graph_notification_without_poller). Set: see GraphNotificationTarget. Outlives the handler.
+  GraphNotificationTarget* graph_target = nullptr;
 };
 
 struct IngestStats {

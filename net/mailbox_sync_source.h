@@ -1,7 +1,7 @@
 #pragma once
 // MailboxSyncSource: what the sync-job layer (net::SyncJobManager) needs from a mailbox poller,
-// whatever the protocol (IMAP now; Microsoft Graph implements the same four operations). A source
-// knows mailboxes by the user id of the replaced service's API.
+// whatever the protocol (ImapSource, GraphSource). A source knows mailboxes by the user id of the
+// replaced service's API; the config keeps a user id to one source.
 //
 // A "run" is the source's unit of work for one job: StartBackfill and SyncNow each begin a run of
 // the user's mailbox (every folder), replacing the previous run's counts; Progress reports the
@@ -15,7 +15,7 @@
 namespace mailrail::net {
 
 struct MailboxSyncProgress {
-  bool started = false;        // the run's first search (or delta query) has completed
+  bool started = false;        // the run's first search (Graph: a delta page per folder) has completed
   std::uint64_t found = 0;     // messages the run's searches found
   std::uint64_t durable = 0;   // of those, durable in the WAL
   std::uint64_t settled = 0;   // of those, with their end state durable at the terminal stage

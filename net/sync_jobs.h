@@ -5,7 +5,8 @@
 //
 // Jobs and counts, in mailrail terms (MailboxSyncProgress of the source's current run):
 //   total_emails         messages the job's searches found (IMAP: UIDs of UID SEARCH, within the
-//                        backfill window and under the size limit)
+//                        backfill window and under the size limit; Graph: items of the job's
+//                        delta rounds, not @removed)
 //   processed_emails     of those, durable in the WAL (accepted: nothing can lose them any more)
 //   parsed_transactions  of those, whose end state is durable at the terminal stage (forwarded
 //                        and acknowledged, or settled as duplicate / dropped / quarantined)

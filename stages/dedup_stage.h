@@ -98,7 +98,7 @@ class DedupStage final : public engine::Stage {
   std::string_view name() const override { return name_; }
   std::size_t RunOnce() override;
   bool IsFinished() const override { return finished_; }
-  unsigned cost_hint() const override { return 1; }
+  unsigned cost_hint() const override { return 2; }
   // Keys held, capacity, bytes per key, duplicates, expired entries, snapshot LSN and age, keys by
   // kind (when it keys messages itself); labelled worker="<owner>".
   void Report(engine::Snapshot& snapshot) const override;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "engine/base/check.h"
+#include "engine/topology.h"
 
 namespace mailrail::stages {
 namespace {
@@ -25,6 +26,10 @@ base::Result<std::unique_ptr<FileReader>> FileReader::Create(Options options) {
     return base::MakeError("io_uring.init", std::string("io_uring_queue_init: ") + std::strerror(-rc));
   }
   reader->ring_ready_ = true;
+  // Buffered reads that miss the page cache run on io_uring's kernel workers: let them use every
+  // CPU of the process, not only the pinned core of the stage that submits (best effort).
+  const cpu_set_t cpus = engine::ProcessCpuSet();
+  io_uring_register_iowq_aff(reader->ring_.get(), sizeof(cpus), &cpus);
   return reader;
 }
 

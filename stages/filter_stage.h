@@ -91,7 +91,7 @@ class FilterStage final : public engine::Stage {
   std::string_view name() const override { return "filter"; }
   std::size_t RunOnce() override;
   bool IsFinished() const override { return in_.IsDrained() && out_.empty() && done_.empty(); }
-  unsigned cost_hint() const override { return 2; }
+  unsigned cost_hint() const override { return 11; }
   void Report(engine::Snapshot& snapshot) const override;
 
   base::Result<RuleSetVersion> RequestReload();

@@ -30,6 +30,7 @@ class JsonlSink final : public TerminalStage {
 
   std::size_t RunOnce() override;
   bool IsFinished() const override { return finished_; }
+  unsigned cost_hint() const override { return 4; }
   engine::Clock::time_point next_deadline() const override;
 
   void Report(engine::Snapshot& snapshot) const override;

@@ -1095,8 +1095,9 @@ void MimeParser::Parse(Message& msg) {
 
 void MessageParser::Parse(Message& msg) {
   if (msg.kind == InputKind::kGraphNotification) {
-    // A fetch request, not a message: with no Graph poller to hand it to, it is quarantined
-    // (counted, kept on disk, re-drivable) rather than dropped.
+    // A fetch request, not a message, for a mailbox no Graph source polls (notifications for
+    // configured mailboxes never become Messages: net::GraphSource takes them on the webhook):
+    // quarantined (counted, kept on disk, re-drivable) rather than dropped.
     msg.record.Clear();
     msg.parse_failed = true;
     msg.parse_error = parse_failure::kGraphNotificationWithoutPoller;

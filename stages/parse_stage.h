@@ -44,7 +44,7 @@ class ParseStage final : public engine::Stage {
   std::size_t RunOnce() override;
   bool IsFinished() const override { return in_->IsDrained() && outbox_.empty(); }
   // Parsing is the most expensive step per message (several times dedup/filter/forward).
-  unsigned cost_hint() const override { return 8; }
+  unsigned cost_hint() const override { return 9; }
 
   ParseCounters counters() const;
 

@@ -80,6 +80,7 @@ class ReplaySource final : public engine::Stage, public DurableAckSink {
                                                             engine::Channel<Message*>* out);
 
   std::string_view name() const override { return "ingest"; }
+  unsigned cost_hint() const override { return 11; }  // splitting and copying out of the read buffer
   std::size_t RunOnce() override;
   bool IsFinished() const override;
   void RequestStop() override { stop_.store(true, std::memory_order_release); }

@@ -52,7 +52,7 @@ class WalStage final : public engine::Stage {
   std::size_t RunOnce() override;
   bool IsFinished() const override;
   engine::Clock::time_point next_deadline() const override;
-  unsigned cost_hint() const override { return 2; }
+  unsigned cost_hint() const override { return 6; }
 
   const WalStageStats& stats() const { return stats_; }
 

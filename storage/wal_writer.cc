@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "engine/base/counters.h"
+#include "engine/topology.h"
 #include "storage/checkpoint.h"
 
 namespace mailrail::storage {
@@ -90,6 +91,10 @@ base::Result<std::unique_ptr<WalWriter>> WalWriter::Open(WalConfig config) {
   // when it sees sync writers with changing thread ids.
   unsigned max_workers[2] = {1, 1};
   io_uring_register_iowq_max_workers(&w.ring_, max_workers);
+  // ... which may run on any CPU of the process rather than only on the WAL stage's pinned core
+  // (best effort: kernels before 5.14 keep the inherited affinity).
+  const cpu_set_t cpus = engine::ProcessCpuSet();
+  io_uring_register_iowq_aff(&w.ring_, sizeof(cpus), &cpus);
   w.event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (w.event_fd_ < 0) return Errno("wal.eventfd", "eventfd", errno);
   if (const int rc = io_uring_register_eventfd(&w.ring_, w.event_fd_); rc < 0) {

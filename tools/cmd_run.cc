@@ -28,6 +28,7 @@
 #include "engine/stats_socket.h"
 #include "net/control_api.h"
 #include "net/event_loop.h"
+#include "net/graph_source.h"
 #include "net/http_server.h"
 #include "net/imap_source.h"
 #include "net/ingest_handler.h"
@@ -95,11 +96,12 @@ class Daemon final : public net::ControlService {
  public:
   using ReloadLog = std::function<void(std::string_view source, const ReloadResult& result)>;
   Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest,
-         net::ImapSource* imap, net::SyncJobManager* sync_jobs, ReloadLog log_reload)
+         net::ImapSource* imap, net::GraphSource* graph, net::SyncJobManager* sync_jobs, ReloadLog log_reload)
       : pipeline_(pipeline),
         registry_(registry),
         ingest_(ingest),
         imap_(imap),
+        graph_(graph),
         sync_jobs_(sync_jobs),
         log_reload_(std::move(log_reload)),
         started_(std::chrono::steady_clock::now()),
@@ -149,10 +151,13 @@ class Daemon final : public net::ControlService {
   }
 
   net::ControlReply TriggerPolling() override {
-    if (imap_ == nullptr) {
+    if (imap_ == nullptr && graph_ == nullptr) {
       return {202, R"({"status":"accepted","detail":"no mailbox pollers are configured; nothing to poll"})"};
     }
-    return {202, fmt::format(R"({{"status":"accepted","detail":"imap folders nudged","folders":{}}})", imap_->PollNow())};
+    const std::size_t imap_folders = imap_ == nullptr ? 0 : imap_->PollNow();
+    const std::size_t graph_folders = graph_ == nullptr ? 0 : graph_->SyncAll();
+    return {202, fmt::format(R"({{"status":"accepted","detail":"mailbox folders nudged","folders":{},"graph_folders":{}}})",
+                             imap_folders, graph_folders)};
   }
 
   void ReloadRules(std::function<void(net::ControlReply)> reply) override {
@@ -197,6 +202,7 @@ class Daemon final : public net::ControlService {
   const engine::StatsRegistry* registry_;
   const net::IngestHandler* ingest_;
   net::ImapSource* imap_;  // null without [[imap.mailbox]]; used on the loop thread only
+  net::GraphSource* graph_;  // null without [[graph.mailbox]]; used on the loop thread only
   net::SyncJobManager* sync_jobs_;  // loop thread only
   const ReloadLog log_reload_;
   const std::chrono::steady_clock::time_point started_;
@@ -289,8 +295,24 @@ int RunDaemon(const std::string& config_path) {
     fmt::print(stderr, "mailrail run: http: {}\n", server.error().message);
     return 1;
   }
+  // Graph mailboxes run on the loop thread too; the webhook hands them change notifications.
+  std::unique_ptr<net::GraphSource> graph;
+  if (!config.graph.mailboxes.empty()) {
+    net::GraphSourceConfig graph_config = config.graph;
+    graph_config.max_message_bytes = pipeline.max_message_bytes();
+    auto created = net::GraphSource::Create(loop->get(), &pipeline.pool(), pipeline.ingest(), std::move(graph_config),
+                                            [&config](std::string_view event, const net::GraphLogFields& fields) {
+                                              Log(config, event, fields);
+                                            });
+    if (!created) {
+      fmt::print(stderr, "mailrail run: {}\n", created.error().message);
+      return 1;
+    }
+    graph = std::move(created).value();
+  }
   net::IngestConfig ingest_config;
   ingest_config.graph_client_state = config.http.graph_client_state;
+  ingest_config.graph_target = graph.get();
   net::IngestHandler ingest(loop->get(), &pipeline.pool(), pipeline.ingest(), ingest_config);
   ingest.Install(**server);
 
@@ -354,6 +376,29 @@ int RunDaemon(const std::string& config_path) {
       s.Counter("imap_checkpoint_writes", v(st.checkpoint_writes), {}, "durable writes of imap.checkpoint");
     });
   }
+  if (graph != nullptr) {
+    registry.Add([source = graph.get()](engine::Snapshot& s) {
+      const net::GraphStats& st = source->stats();
+      auto v = [](const net::Counter& c) { return static_cast<double>(c.value()); };
+      s.Counter("stage_messages_out", v(st.messages), {{"stage", "ingest"}, {"source", "graph"}});
+      s.Counter("graph_requests", v(st.requests), {}, "Graph API requests sent");
+      s.Counter("graph_pages", v(st.pages), {}, "delta pages received");
+      s.Counter("graph_messages", v(st.messages), {}, "messages fetched and pushed to the pipeline");
+      s.Counter("graph_bytes", v(st.bytes), {}, "bytes of messages fetched");
+      s.Counter("graph_durable", v(st.durable), {}, "fetched messages the WAL reported durable");
+      s.Counter("graph_removed", v(st.removed), {}, "delta items marked @removed (skipped)");
+      s.Counter("graph_failed", v(st.failed), {}, "messages or attachments that could not be fetched");
+      s.Counter("graph_rejected_too_large", v(st.rejected_too_large), {}, "messages over limits.max_message_mib");
+      s.Counter("graph_throttled", v(st.throttled), {}, "429 and 503 answers (the mailbox paused for Retry-After)");
+      s.Counter("graph_retries", v(st.retries), {}, "requests sent again after an error or a throttle");
+      s.Counter("graph_token_refreshes", v(st.token_refreshes), {}, "OAuth2 access tokens obtained");
+      s.Counter("graph_token_errors", v(st.token_errors), {}, "failed token requests");
+      s.Counter("graph_delta_restarts", v(st.delta_restarts), {}, "folders whose delta restarted from scratch");
+      s.Counter("graph_notification_syncs", v(st.notification_syncs), {}, "change notifications turned into delta rounds");
+      s.Counter("graph_lifecycle_syncs", v(st.lifecycle_syncs), {}, "lifecycle notifications turned into delta rounds");
+      s.Counter("graph_checkpoint_writes", v(st.checkpoint_writes), {}, "durable writes of graph.checkpoint");
+    });
+  }
   // Sync jobs over every mailbox source (none configured: every user id answers 404).
   auto job_store = storage::SyncJobStore::Open((std::filesystem::path(config.data_dir) / "sync_jobs.journal").string(),
                                                config.sync.history_per_user);
@@ -366,12 +411,13 @@ int RunDaemon(const std::string& config_path) {
   }
   std::vector<net::MailboxSyncSource*> sync_sources;
   if (imap != nullptr) sync_sources.push_back(imap.get());
+  if (graph != nullptr) sync_sources.push_back(graph.get());
   net::SyncJobsConfig sync_config;
   sync_config.incremental_interval = config.sync.incremental_interval;
   net::SyncJobManager sync_jobs(
       loop->get(), &*job_store, std::move(sync_sources), [&pipeline] { return pipeline.sink().durable_lsn(); },
       sync_config, [&config](std::string_view event, const net::ImapLogFields& fields) { Log(config, event, fields); });
-  Daemon daemon(&pipeline, &registry, &ingest, imap.get(), &sync_jobs, log_reload);
+  Daemon daemon(&pipeline, &registry, &ingest, imap.get(), graph.get(), &sync_jobs, log_reload);
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
 
@@ -390,6 +436,7 @@ int RunDaemon(const std::string& config_path) {
   (*server)->Start();
   (*loop)->Post([&] {
     if (imap != nullptr) imap->Start();
+    if (graph != nullptr) graph->Start();
     sync_jobs.Start();
   });
   std::thread net_thread([&] { (*loop)->Run(); });
@@ -436,10 +483,16 @@ int RunDaemon(const std::string& config_path) {
         // then end the ingest stream: the pipeline drains every accepted message into the sink
         // and its threads exit.
         std::function<void()> stop_when_answered = [&] {
-          if (ingest.pending_requests() == 0 && (imap == nullptr || imap->in_flight() == 0)) {
+          if (ingest.pending_requests() == 0 && (imap == nullptr || imap->in_flight() == 0) &&
+              (graph == nullptr || graph->in_flight() == 0)) {
             if (imap != nullptr) {
               if (auto status = imap->WriteCheckpoint(); !status) {
                 Log(config, "imap_checkpoint_failed", {{"error", status.error().message}});
+              }
+            }
+            if (graph != nullptr) {
+              if (auto status = graph->WriteCheckpoint(); !status) {
+                Log(config, "graph_checkpoint_failed", {{"error", status.error().message}});
               }
             }
             (*loop)->Stop();
@@ -450,6 +503,7 @@ int RunDaemon(const std::string& config_path) {
         (*loop)->Post([&] {
           (*server)->Shutdown();
           if (imap != nullptr) imap->Shutdown();
+          if (graph != nullptr) graph->Shutdown();
           stop_when_answered();
         });
         net_thread.join();

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <csignal>
 #include <map>
+#include <optional>
+#include <string_view>
 #include <thread>
 
 #include <fmt/core.h>
@@ -130,6 +132,23 @@ double Get(const Flat& f, const std::string& key) {
   return it == f.end() ? 0 : it->second;
 }
 
+// The sum of every sample of `metric` labelled stage=`stage`, whatever its other labels (the dedup
+// workers report one sample each, labelled worker=N); nullopt when there is none.
+std::optional<double> SumForStage(const Flat& f, std::string_view metric, std::string_view stage) {
+  const std::string prefix = fmt::format("{}{{", metric);
+  const std::string label = fmt::format("stage={}", stage);
+  std::optional<double> sum;
+  for (auto it = f.lower_bound(prefix); it != f.end() && it->first.starts_with(prefix); ++it) {
+    const std::string_view labels = std::string_view(it->first).substr(prefix.size());
+    const std::size_t at = labels.find(label);
+    if (at == std::string_view::npos || (at > 0 && labels[at - 1] != ',')) continue;
+    const char after = labels[at + label.size()];
+    if (after != ',' && after != '}') continue;
+    sum = sum.value_or(0) + it->second;
+  }
+  return sum;
+}
+
 std::string Bar(double fill, double capacity, int width) {
   const int n = capacity > 0 ? static_cast<int>(width * std::min(1.0, fill / capacity) + 0.5) : 0;
   return std::string(static_cast<std::size_t>(n), '#') + std::string(static_cast<std::size_t>(width - n), '.');
@@ -146,15 +165,23 @@ std::string Render(const Flat& now, const Flat& before, double seconds, const st
   line("");
   line(fmt::format("{:<10} {:>14} {:>12} {:>14} {:>12}", "stage", "in", "in/s", "out", "out/s"));
   for (const char* stage : {"ingest", "wal", "parse", "dedup", "filter", "forward"}) {
-    const std::string in_key = fmt::format("stage_messages_in{{stage={}}}", stage);
-    std::string out_key;
-    for (const auto& [k, v] : now) {
-      if (k.rfind("stage_messages_out{", 0) == 0 && k.find(fmt::format("stage={}", stage)) != std::string::npos) out_key = k;
-    }
-    if (!now.contains(in_key) && out_key.empty()) continue;
-    const double in = Get(now, in_key), out_n = out_key.empty() ? 0 : Get(now, out_key);
-    line(fmt::format("{:<10} {:>14.0f} {:>12.0f} {:>14.0f} {:>12.0f}", stage, in, (in - Get(before, in_key)) / seconds,
-                     out_n, out_key.empty() ? 0 : (out_n - Get(before, out_key)) / seconds));
+    const auto in = SumForStage(now, "stage_messages_in", stage);
+    const auto out_n = SumForStage(now, "stage_messages_out", stage);
+    if (!in && !out_n) continue;
+    const double in_v = in.value_or(0), out_v = out_n.value_or(0);
+    line(fmt::format("{:<10} {:>14.0f} {:>12.0f} {:>14.0f} {:>12.0f}", stage, in_v,
+                     (in_v - SumForStage(before, "stage_messages_in", stage).value_or(0)) / seconds, out_v,
+                     (out_v - SumForStage(before, "stage_messages_out", stage).value_or(0)) / seconds));
+  }
+  line("");
+  line(fmt::format("{:<44} {:>7} {:>7}", "thread {stages}", "cpu %", "busy %"));
+  for (const auto& [k, cpu] : now) {
+    if (!k.starts_with("thread_cpu_seconds{")) continue;
+    const std::string labels = k.substr(k.find('{'));
+    const double busy = Get(now, "thread_busy_rounds" + labels) - Get(before, "thread_busy_rounds" + labels);
+    const double idle = Get(now, "thread_idle_rounds" + labels) - Get(before, "thread_idle_rounds" + labels);
+    line(fmt::format("{:<44} {:>7.1f} {:>7.1f}", labels, 100 * (cpu - Get(before, k)) / seconds,
+                     busy + idle > 0 ? 100 * busy / (busy + idle) : 0.0));
   }
   line("");
   line(fmt::format("{:<24} {:>8} {:>8}  {}", "ring", "fill", "capacity", "fill"));

@@ -98,6 +98,12 @@ class TableReader {
     }
   }
 
+  void GetMs(std::string_view key, std::chrono::milliseconds& out, std::size_t min, std::size_t max) {
+    std::size_t ms = static_cast<std::size_t>(out.count());
+    GetRange(key, ms, min, max);
+    out = std::chrono::milliseconds(ms);
+  }
+
   void MarkKnown(std::string_view key) { known_.insert(std::string(key)); }
 
   const toml::table* Subtable(std::string_view key) {
@@ -198,13 +204,109 @@ void ReadTopology(TableReader& top, DaemonConfig& config) {
   r.RejectUnknown();
 }
 
-// Names that must be unique across the config file and the mailboxes file.
-struct MailboxNames {
-  std::set<std::string> folders;  // "<name>/<folder>"
-};
+// A path named in a config file is relative to that file.
+std::filesystem::path ResolvePath(const TableReader& r, const std::string& name) {
+  std::filesystem::path path(name);
+  if (path.is_relative() && r.file().front() != '<') path = std::filesystem::path(r.file()).parent_path() / path;
+  return path;
+}
 
-void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& file, std::vector<std::string>& errors,
-                   MailboxNames& names, net::ImapSourceConfig& imap);
+// Reads a secret from `file_key`'s file (relative to the config file), without its line break.
+// The secret never appears in the error.
+void ReadSecretFile(TableReader& r, const toml::node& node, std::string_view file_key, const std::string& file,
+                    std::string& secret) {
+  const std::filesystem::path path = ResolvePath(r, file);
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  secret = text.str();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (!in || secret.empty()) r.Fail(node, file_key, "cannot read a secret from " + path.string());
+}
+
+// A non-empty array of folder names without tabs or line breaks (they go into checkpoint lines).
+void ReadFolders(TableReader& r, const toml::table& t, std::vector<std::string>& folders) {
+  r.MarkKnown("folders");
+  const toml::node* node = t.get("folders");
+  if (node == nullptr) return;
+  folders.clear();
+  const toml::array* names = node->as_array();
+  bool ok = names != nullptr && !names->empty();
+  if (ok) {
+    for (const toml::node& name : *names) {
+      auto v = name.value<std::string>();
+      if (!v || v->empty() || v->find_first_of("\t\r\n") != std::string::npos) {
+        ok = false;
+        break;
+      }
+      folders.push_back(*v);
+    }
+  }
+  if (!ok) r.Fail(*node, "folders", "must be a non-empty array of folder names (no tabs or line breaks)");
+}
+
+// The [[<name>.mailbox]] tables: calls read(reader, table) for each; an entry that is not an
+// array of tables is an error.
+template <typename ReadOne>
+void ReadMailboxList(TableReader& section, const toml::table& table, std::string_view name, ReadOne& read) {
+  section.MarkKnown("mailbox");
+  const toml::node* list = table.get("mailbox");
+  if (list == nullptr) return;
+  if (!list->is_array_of_tables()) {
+    section.Fail(*list, "mailbox", fmt::format("must be an array of tables ([[{}.mailbox]])", name));
+    return;
+  }
+  std::size_t index = 0;
+  for (const toml::node& node : *list->as_array()) {
+    const toml::table& t = *node.as_table();
+    TableReader m(t, section.file(), fmt::format("{}.mailbox[{}].", name, index++), section.errors());
+    read(m, t);
+    m.RejectUnknown();
+  }
+}
+
+// The [[<name>.mailbox]] tables of section [<name>] and, when it names a mailboxes_file, those of
+// that file's [<name>] section (credentials may live in a separate, root-only file; paths in it
+// are relative to it). Only [[<name>.mailbox]] tables are allowed in that file.
+template <typename ReadOne>
+void ReadMailboxTables(TableReader& section, const toml::table& table, std::string_view name, ReadOne read) {
+  ReadMailboxList(section, table, name, read);
+  std::string mailboxes_file;
+  section.Get("mailboxes_file", mailboxes_file);
+  if (mailboxes_file.empty()) return;
+  const std::string path = ResolvePath(section, mailboxes_file).string();
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) {
+    section.Fail(*table.get("mailboxes_file"), "mailboxes_file", "cannot read " + path);
+    return;
+  }
+  try {
+    const toml::table root = toml::parse(text.str(), path);
+    TableReader file_top(root, path, "", section.errors());
+    if (const toml::table* inner = file_top.Subtable(name)) {
+      TableReader file_section(*inner, path, std::string(name) + ".", section.errors());
+      ReadMailboxList(file_section, *inner, name, read);
+      file_section.RejectUnknown();
+    }
+    file_top.RejectUnknown();
+  } catch (const toml::parse_error& e) {
+    section.errors().push_back(fmt::format("{}:{}: {}", path, e.source().begin.line, e.description()));
+  }
+}
+
+// A mailbox name goes into "<name>/<folder>" ids (source ids, checkpoint lines): no '/', tabs or
+// line breaks, and each (name, folder) once.
+void CheckMailboxName(TableReader& m, const toml::table& t, const std::string& name,
+                      const std::vector<std::string>& folders, std::set<std::string>& ids) {
+  if (name.find_first_of("\t\r\n/") != std::string::npos) m.Fail(t, "name", "must not contain '/', tabs or line breaks");
+  for (const std::string& folder : folders) {
+    if (!ids.insert(name + "/" + folder).second) {
+      m.Fail(t, "name", fmt::format("mailbox '{}' folder '{}' is configured twice", name, folder));
+    }
+  }
+}
 
 void ReadImap(TableReader& top, DaemonConfig& config) {
   const toml::table* table = top.Subtable("imap");
@@ -214,180 +316,162 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
   r.GetRange("fetch_batch", imap.fetch_batch, 1, 10'000);
   r.GetRange("pipeline_depth", imap.pipeline_depth, 1, 64);
   r.GetRange("max_connections_per_server", imap.max_connections_per_server, 1, 10'000);
-  auto get_ms = [&r](std::string_view key, std::chrono::milliseconds& out, std::size_t min, std::size_t max) {
-    std::size_t ms = static_cast<std::size_t>(out.count());
-    r.GetRange(key, ms, min, max);
-    out = std::chrono::milliseconds(ms);
-  };
-  get_ms("poll_interval_ms", imap.poll_interval, 10, 24 * 3'600'000);
-  get_ms("idle_restart_ms", imap.idle_restart, 1000, 29 * 60'000);
-  get_ms("response_timeout_ms", imap.response_timeout, 100, 3'600'000);
-  get_ms("backoff_base_ms", imap.backoff_base, 1, 600'000);
-  get_ms("backoff_max_ms", imap.backoff_max, 1, 3'600'000);
-  get_ms("checkpoint_interval_ms", imap.checkpoint_interval, 1, 60'000);
-  MailboxNames names;
-  ReadMailboxes(r, *table, top.file(), top.errors(), names, imap);
-  std::string mailboxes_file;
-  r.Get("mailboxes_file", mailboxes_file);
-  if (!mailboxes_file.empty()) {
-    // Credentials may live in a separate (root-only) file with the same [[imap.mailbox]] tables.
-    std::filesystem::path path(mailboxes_file);
-    if (path.is_relative() && top.file().front() != '<') path = std::filesystem::path(top.file()).parent_path() / path;
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    if (!in) {
-      r.Fail(*table->get("mailboxes_file"), "mailboxes_file", "cannot read " + path.string());
-    } else {
-      try {
-        const toml::table root = toml::parse(text.str(), path.string());
-        TableReader file_top(root, path.string(), "", top.errors());
-        if (const toml::table* inner = file_top.Subtable("imap")) {
-          TableReader file_imap(*inner, path.string(), "imap.", top.errors());
-          ReadMailboxes(file_imap, *inner, path.string(), top.errors(), names, imap);
-          file_imap.RejectUnknown();
-        }
-        file_top.RejectUnknown();
-      } catch (const toml::parse_error& e) {
-        top.errors().push_back(fmt::format("{}:{}: {}", path.string(), e.source().begin.line, e.description()));
-      }
+  r.GetMs("poll_interval_ms", imap.poll_interval, 10, 24 * 3'600'000);
+  r.GetMs("idle_restart_ms", imap.idle_restart, 1000, 29 * 60'000);
+  r.GetMs("response_timeout_ms", imap.response_timeout, 100, 3'600'000);
+  r.GetMs("backoff_base_ms", imap.backoff_base, 1, 600'000);
+  r.GetMs("backoff_max_ms", imap.backoff_max, 1, 3'600'000);
+  r.GetMs("checkpoint_interval_ms", imap.checkpoint_interval, 1, 60'000);
+  std::set<std::string> ids;
+  ReadMailboxTables(r, *table, "imap", [&](TableReader& m, const toml::table& t) {
+    net::ImapMailboxConfig mailbox;
+    m.Get("name", mailbox.name);
+    m.Get("user_id", mailbox.user_id);
+    std::string backfill = "at_start";
+    m.GetChoice("backfill", backfill, {"at_start", "on_request"});
+    mailbox.backfill_at_start = backfill == "at_start";
+    m.Get("host", mailbox.host);
+    std::string tls = "implicit";
+    m.GetChoice("tls", tls, {"none", "implicit", "starttls"});
+    mailbox.tls = tls == "none" ? net::ImapTls::kNone : tls == "starttls" ? net::ImapTls::kStartTls : net::ImapTls::kImplicit;
+    std::size_t port = mailbox.tls == net::ImapTls::kImplicit ? 993 : 143;
+    m.GetRange("port", port, 1, 65535);
+    mailbox.port = static_cast<std::uint16_t>(port);
+    m.Get("verify_peer", mailbox.verify_peer);
+    m.Get("ca_file", mailbox.ca_file);
+    m.Get("user", mailbox.user);
+    m.GetChoice("auth", mailbox.auth, {"login", "plain", "xoauth2"});
+    std::string password_file;
+    m.Get("password", mailbox.password);
+    m.Get("password_file", password_file);
+    m.Get("token", mailbox.token);
+    m.Get("token_file", mailbox.token_file);
+    std::size_t months = mailbox.months;
+    m.GetRange("months", months, 0, 1200);
+    mailbox.months = static_cast<unsigned>(months);
+    m.Get("idle", mailbox.idle);
+    std::string on_durable = "none";
+    m.GetChoice("on_durable", on_durable, {"none", "seen", "move"});
+    using OnDurable = net::ImapMailboxConfig::OnDurable;
+    mailbox.on_durable = on_durable == "seen" ? OnDurable::kSeen : on_durable == "move" ? OnDurable::kMove : OnDurable::kNone;
+    m.Get("move_to", mailbox.move_to);
+    if (mailbox.on_durable == OnDurable::kMove &&
+        (mailbox.move_to.empty() || mailbox.move_to.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)) {
+      m.Fail(t.get("on_durable") != nullptr ? *t.get("on_durable") : t, "move_to",
+             "on_durable = \"move\" needs move_to, a folder name without line breaks");
     }
-  }
+    ReadFolders(m, t, mailbox.folders);
+    if (mailbox.host.empty()) m.Fail(t, "host", "is required");
+    if (mailbox.user.empty()) m.Fail(t, "user", "is required");
+    if (mailbox.auth == "xoauth2") {
+      if (!mailbox.password.empty() || !password_file.empty()) {
+        m.Fail(t, "password", "auth = \"xoauth2\" takes token or token_file, not a password");
+      }
+      if (mailbox.token.empty() == mailbox.token_file.empty()) {
+        m.Fail(t, "token", "auth = \"xoauth2\" needs exactly one of token and token_file");
+      } else if (!mailbox.token_file.empty()) {
+        mailbox.token_file = ResolvePath(m, mailbox.token_file).string();  // read again before every connection
+        std::ifstream in(mailbox.token_file);
+        if (!in || in.peek() == std::ifstream::traits_type::eof()) {
+          m.Fail(*t.get("token_file"), "token_file", "cannot read a token from " + mailbox.token_file);
+        }
+      }
+      if (mailbox.token.find_first_of(std::string_view("\r\n\x01\0", 4)) != std::string::npos) {
+        m.Fail(t, "token", "must not contain line breaks, ^A or NUL");
+      }
+    } else if (!mailbox.token.empty() || !mailbox.token_file.empty()) {
+      m.Fail(t, "token", "token and token_file go with auth = \"xoauth2\"");
+    } else if (mailbox.password.empty() == password_file.empty()) {
+      m.Fail(t, "password", "give exactly one of password and password_file");
+    } else if (!password_file.empty()) {
+      ReadSecretFile(m, *t.get("password_file"), "password_file", password_file, mailbox.password);
+    }
+    // LOGIN sends both as quoted strings, which cannot carry line breaks (the secret is not echoed).
+    if (mailbox.user.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      m.Fail(t, "user", "must not contain line breaks or NUL");
+    }
+    if (mailbox.password.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      m.Fail(t, "password", "must not contain line breaks or NUL");
+    }
+    if (mailbox.name.empty()) mailbox.name = mailbox.user + "@" + mailbox.host;
+    CheckMailboxName(m, t, mailbox.name, mailbox.folders, ids);
+    if (mailbox.user_id.empty()) mailbox.user_id = mailbox.name;
+    if (mailbox.user_id.find_first_of(std::string_view("\t\r\n/\0", 5)) != std::string::npos) {
+      m.Fail(t.get("user_id") != nullptr ? *t.get("user_id") : t, "user_id", "must not contain '/', tabs, line breaks or NUL");
+    }
+    imap.mailboxes.push_back(std::move(mailbox));
+  });
   r.RejectUnknown();
 }
 
-void ReadMailboxes(TableReader& r, const toml::table& table, const std::string& file, std::vector<std::string>& errors,
-                   MailboxNames& names, net::ImapSourceConfig& imap) {
-  r.MarkKnown("mailbox");
-  const toml::node* list = table.get("mailbox");
-  if (list != nullptr && !list->is_array_of_tables()) {
-    r.Fail(*list, "mailbox", "must be an array of tables ([[imap.mailbox]])");
-    list = nullptr;
-  }
-  std::set<std::string>& ids = names.folders;
-  if (list != nullptr) {
-    std::size_t index = 0;
-    for (const toml::node& node : *list->as_array()) {
-      const toml::table& t = *node.as_table();
-      TableReader m(t, file, fmt::format("imap.mailbox[{}].", index++), errors);
-      net::ImapMailboxConfig mailbox;
-      m.Get("name", mailbox.name);
-      m.Get("user_id", mailbox.user_id);
-      std::string backfill = "at_start";
-      m.GetChoice("backfill", backfill, {"at_start", "on_request"});
-      mailbox.backfill_at_start = backfill == "at_start";
-      m.Get("host", mailbox.host);
-      std::string tls = "implicit";
-      m.GetChoice("tls", tls, {"none", "implicit", "starttls"});
-      mailbox.tls = tls == "none" ? net::ImapTls::kNone : tls == "starttls" ? net::ImapTls::kStartTls : net::ImapTls::kImplicit;
-      std::size_t port = mailbox.tls == net::ImapTls::kImplicit ? 993 : 143;
-      m.GetRange("port", port, 1, 65535);
-      mailbox.port = static_cast<std::uint16_t>(port);
-      m.Get("verify_peer", mailbox.verify_peer);
-      m.Get("ca_file", mailbox.ca_file);
-      m.Get("user", mailbox.user);
-      m.GetChoice("auth", mailbox.auth, {"login", "plain", "xoauth2"});
-      std::string password_file;
-      m.Get("password", mailbox.password);
-      m.Get("password_file", password_file);
-      m.Get("token", mailbox.token);
-      m.Get("token_file", mailbox.token_file);
-      std::size_t months = mailbox.months;
-      m.GetRange("months", months, 0, 1200);
-      mailbox.months = static_cast<unsigned>(months);
-      m.Get("idle", mailbox.idle);
-      std::string on_durable = "none";
-      m.GetChoice("on_durable", on_durable, {"none", "seen", "move"});
-      using OnDurable = net::ImapMailboxConfig::OnDurable;
-      mailbox.on_durable = on_durable == "seen" ? OnDurable::kSeen : on_durable == "move" ? OnDurable::kMove : OnDurable::kNone;
-      m.Get("move_to", mailbox.move_to);
-      if (mailbox.on_durable == OnDurable::kMove &&
-          (mailbox.move_to.empty() || mailbox.move_to.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)) {
-        m.Fail(t.get("on_durable") != nullptr ? *t.get("on_durable") : t, "move_to",
-               "on_durable = \"move\" needs move_to, a folder name without line breaks");
+void ReadGraph(TableReader& top, DaemonConfig& config) {
+  const toml::table* table = top.Subtable("graph");
+  if (table == nullptr) return;
+  TableReader r(*table, top.file(), "graph.", top.errors());
+  net::GraphSourceConfig& graph = config.graph;
+  r.Get("base_url", graph.base_url);
+  while (!graph.base_url.empty() && graph.base_url.back() == '/') graph.base_url.pop_back();
+  std::string tenant;
+  r.Get("tenant", tenant);
+  r.Get("token_url", graph.token_url);
+  r.Get("client_id", graph.client_id);
+  std::string secret_file;
+  r.Get("client_secret", graph.client_secret);
+  r.Get("client_secret_file", secret_file);
+  r.Get("scope", graph.scope);
+  r.Get("verify_peer", graph.verify_peer);
+  r.Get("ca_file", graph.ca_file);
+  r.GetRange("page_size", graph.page_size, 1, 1000);
+  r.Get("raw_mime", graph.raw_mime);
+  r.Get("fetch_attachments", graph.fetch_attachments);
+  r.GetRange("max_concurrent_requests", graph.max_concurrent_requests, 1, 64);
+  r.GetRange("rate_requests", graph.rate_requests, 1, 10'000'000);
+  r.GetRange("max_pages_ahead", graph.max_pages_ahead, 1, 64);
+  r.GetMs("rate_window_ms", graph.rate_window, 1, 24 * 3'600'000);
+  r.GetMs("poll_interval_ms", graph.poll_interval, 10, 24 * 3'600'000);
+  r.GetMs("request_timeout_ms", graph.request_timeout, 100, 3'600'000);
+  r.GetMs("backoff_base_ms", graph.backoff_base, 1, 600'000);
+  r.GetMs("backoff_max_ms", graph.backoff_max, 1, 3'600'000);
+  r.GetMs("checkpoint_interval_ms", graph.checkpoint_interval, 1, 60'000);
+  std::set<std::string> ids;
+  ReadMailboxTables(r, *table, "graph", [&](TableReader& m, const toml::table& t) {
+    net::GraphMailboxConfig mailbox;
+    m.Get("user_id", mailbox.user_id);
+    m.Get("name", mailbox.name);
+    std::size_t months = mailbox.months;
+    m.GetRange("months", months, 0, 1200);
+    mailbox.months = static_cast<unsigned>(months);
+    ReadFolders(m, t, mailbox.folders);
+    if (mailbox.user_id.empty()) m.Fail(t, "user_id", "is required");
+    // A sync job (/api/v1/email-sync/<user_id>) drives one source: the user is found in one of them.
+    for (const net::ImapMailboxConfig& imap : config.imap.mailboxes) {
+      if (!mailbox.user_id.empty() && imap.user_id == mailbox.user_id) {
+        m.Fail(*t.get("user_id"), "user_id",
+               fmt::format("'{}' is also the user_id of IMAP mailbox '{}'", mailbox.user_id, imap.name));
+        break;
       }
-      if (const toml::node* folders = t.get("folders")) {
-        mailbox.folders.clear();
-        const toml::array* names = folders->as_array();
-        bool ok = names != nullptr && !names->empty();
-        if (ok) {
-          for (const toml::node& name : *names) {
-            auto v = name.value<std::string>();
-            if (!v || v->empty() || v->find_first_of("\t\r\n") != std::string::npos) {
-              ok = false;
-              break;
-            }
-            mailbox.folders.push_back(*v);
-          }
-        }
-        if (!ok) m.Fail(*folders, "folders", "must be a non-empty array of folder names (no tabs or line breaks)");
-      }
-      m.MarkKnown("folders");
-      if (mailbox.host.empty()) m.Fail(t, "host", "is required");
-      if (mailbox.user.empty()) m.Fail(t, "user", "is required");
-      // A path in the config is relative to the file that names it.
-      auto resolve = [&file](const std::string& name) {
-        std::filesystem::path path(name);
-        if (path.is_relative() && file.front() != '<') path = std::filesystem::path(file).parent_path() / path;
-        return path;
-      };
-      if (mailbox.auth == "xoauth2") {
-        if (!mailbox.password.empty() || !password_file.empty()) {
-          m.Fail(t, "password", "auth = \"xoauth2\" takes token or token_file, not a password");
-        }
-        if (mailbox.token.empty() == mailbox.token_file.empty()) {
-          m.Fail(t, "token", "auth = \"xoauth2\" needs exactly one of token and token_file");
-        } else if (!mailbox.token_file.empty()) {
-          mailbox.token_file = resolve(mailbox.token_file).string();  // read again before every connection
-          std::ifstream in(mailbox.token_file);
-          if (!in || in.peek() == std::ifstream::traits_type::eof()) {
-            m.Fail(*t.get("token_file"), "token_file", "cannot read a token from " + mailbox.token_file);
-          }
-        }
-        if (mailbox.token.find_first_of(std::string_view("\r\n\x01\0", 4)) != std::string::npos) {
-          m.Fail(t, "token", "must not contain line breaks, ^A or NUL");
-        }
-      } else if (!mailbox.token.empty() || !mailbox.token_file.empty()) {
-        m.Fail(t, "token", "token and token_file go with auth = \"xoauth2\"");
-      } else if (mailbox.password.empty() == password_file.empty()) {
-        m.Fail(t, "password", "give exactly one of password and password_file");
-      } else if (!password_file.empty()) {
-        const std::filesystem::path path = resolve(password_file);
-        std::ifstream in(path);
-        std::stringstream text;
-        text << in.rdbuf();
-        mailbox.password = text.str();
-        while (!mailbox.password.empty() && (mailbox.password.back() == '\n' || mailbox.password.back() == '\r')) {
-          mailbox.password.pop_back();
-        }
-        if (!in || mailbox.password.empty()) {
-          m.Fail(*t.get("password_file"), "password_file", "cannot read a password from " + path.string());
-        }
-      }
-      // LOGIN sends both as quoted strings, which cannot carry line breaks (the secret is not echoed).
-      if (mailbox.user.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
-        m.Fail(t, "user", "must not contain line breaks or NUL");
-      }
-      if (mailbox.password.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
-        m.Fail(t, "password", "must not contain line breaks or NUL");
-      }
-      if (mailbox.name.empty()) mailbox.name = mailbox.user + "@" + mailbox.host;
-      if (mailbox.name.find_first_of("\t\r\n/") != std::string::npos) {
-        m.Fail(t, "name", "must not contain '/', tabs or line breaks");
-      }
-      if (mailbox.user_id.empty()) mailbox.user_id = mailbox.name;
-      if (mailbox.user_id.find_first_of(std::string_view("\t\r\n/\0", 5)) != std::string::npos) {
-        m.Fail(t.get("user_id") != nullptr ? *t.get("user_id") : t, "user_id", "must not contain '/', tabs, line breaks or NUL");
-      }
-      for (const std::string& folder : mailbox.folders) {
-        if (!ids.insert(mailbox.name + "/" + folder).second) {
-          m.Fail(t, "name", fmt::format("mailbox '{}' folder '{}' is configured twice", mailbox.name, folder));
-        }
-      }
-      m.RejectUnknown();
-      imap.mailboxes.push_back(std::move(mailbox));
+    }
+    if (mailbox.name.empty()) mailbox.name = mailbox.user_id;
+    CheckMailboxName(m, t, mailbox.name, mailbox.folders, ids);
+    graph.mailboxes.push_back(std::move(mailbox));
+  });
+  if (!graph.mailboxes.empty()) {
+    if (graph.token_url.empty() && tenant.empty()) {
+      r.Fail(*table, "tenant", "is required (or graph.token_url) when [[graph.mailbox]] is configured");
+    } else if (graph.token_url.empty()) {
+      graph.token_url = "https://login.microsoftonline.com/" + tenant + "/oauth2/v2.0/token";
+    }
+    if (graph.client_id.empty()) r.Fail(*table, "client_id", "is required when [[graph.mailbox]] is configured");
+    if (graph.client_secret.empty() == secret_file.empty()) {
+      r.Fail(*table, "client_secret", "give exactly one of client_secret and client_secret_file");
     }
   }
+  if (!secret_file.empty()) ReadSecretFile(r, *table->get("client_secret_file"), "client_secret_file", secret_file,
+                                           graph.client_secret);
+  if (graph.base_url.rfind("http://", 0) != 0 && graph.base_url.rfind("https://", 0) != 0) {
+    r.Fail(*table, "base_url", "must be an http:// or https:// URL");
+  }
+  r.RejectUnknown();
 }
 
 }  // namespace
@@ -466,18 +550,13 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     forward.max_buffered_bytes = buffered_mib << 20;
     r.GetRange("max_attempts", forward.max_attempts, 1, 1000);
     r.GetRange("breaker_threshold", forward.breaker_threshold, 1, 1000);
-    auto get_ms = [&r](std::string_view key, std::chrono::milliseconds& out, std::size_t min, std::size_t max) {
-      std::size_t ms = static_cast<std::size_t>(out.count());
-      r.GetRange(key, ms, min, max);
-      out = std::chrono::milliseconds(ms);
-    };
-    get_ms("linger_ms", forward.linger, 0, 60'000);
-    get_ms("request_timeout_ms", forward.http.request_timeout, 1, 600'000);
-    get_ms("backoff_base_ms", forward.backoff_base, 1, 600'000);
-    get_ms("backoff_max_ms", forward.backoff_max, 1, 3'600'000);
-    get_ms("retry_after_max_ms", forward.retry_after_max, 1, 24 * 3'600'000);
-    get_ms("breaker_open_ms", forward.breaker_open, 1, 3'600'000);
-    get_ms("checkpoint_interval_ms", sink.forward.checkpoint_interval, 1, 60'000);
+    r.GetMs("linger_ms", forward.linger, 0, 60'000);
+    r.GetMs("request_timeout_ms", forward.http.request_timeout, 1, 600'000);
+    r.GetMs("backoff_base_ms", forward.backoff_base, 1, 600'000);
+    r.GetMs("backoff_max_ms", forward.backoff_max, 1, 3'600'000);
+    r.GetMs("retry_after_max_ms", forward.retry_after_max, 1, 24 * 3'600'000);
+    r.GetMs("breaker_open_ms", forward.breaker_open, 1, 3'600'000);
+    r.GetMs("checkpoint_interval_ms", sink.forward.checkpoint_interval, 1, 60'000);
     if (sink.kind == "http" && forward.http.base_url.empty()) {
       r.Fail(*t->get("kind"), "kind", "\"http\" needs sink.url (the downstream, e.g. \"http://127.0.0.1:9000\")");
     }
@@ -569,6 +648,7 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
     r.RejectUnknown();
   }
   ReadImap(top, config);
+  ReadGraph(top, config);
   if (const toml::table* t = top.Subtable("sync")) {
     TableReader r(*t, file, "sync.", errors);
     std::size_t interval_s = static_cast<std::size_t>(config.sync.incremental_interval.count());
@@ -595,6 +675,7 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
   if (config.stats.socket.empty()) config.stats.socket = (data / "mailrail.sock").string();
   if (config.sink.path.empty()) config.sink.path = (data / "records.jsonl").string();
   config.imap.checkpoint_path = (data / "imap.checkpoint").string();
+  config.graph.checkpoint_path = (data / "graph.checkpoint").string();
   // A rule file named in a config file is found next to it, wherever the daemon was started.
   if (config.filter.rules.rfind("builtin:", 0) != 0 && std::filesystem::path(config.filter.rules).is_relative() &&
       file.front() != '<') {

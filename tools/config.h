@@ -16,6 +16,7 @@
 #include "engine/base/result.h"
 #include "engine/topology.h"
 #include "net/http_forward_stage.h"
+#include "net/graph_source.h"
 #include "net/imap_source.h"
 #include "stages/dedup_stage.h"
 #include "storage/wal_writer.h"
@@ -82,6 +83,10 @@ struct DaemonConfig {
     std::chrono::seconds incremental_interval{1800};
     std::size_t history_per_user = 100;
   } sync;
+
+  // [graph] and [[graph.mailbox]]: Microsoft Graph mailboxes (none by default).
+  // checkpoint_path is <data_dir>/graph.checkpoint; max_message_bytes is set by the daemon.
+  net::GraphSourceConfig graph;
 
   std::chrono::milliseconds drain_deadline{30000};
 };

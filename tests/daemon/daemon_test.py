@@ -477,11 +477,13 @@ class DaemonTest(unittest.TestCase):
         try:
             screen = ""
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and "forward" not in screen:
+            while time.monotonic() < deadline and not re.search(r"(?m)^forward +1 ", screen):
                 screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
                                         text=True).stdout
             self.assertIn("mailrail top", screen)
             self.assertIn("forward", screen)
+            self.assertRegex(screen, r"(?m)^dedup +1 ")  # summed over the dedup workers' labels
+            self.assertIn("thread {", screen)
             self.assertIn("wal->parse", screen)
             subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
             deadline = time.monotonic() + 10

@@ -173,6 +173,50 @@ TEST(TopologyTest, AutoPlacementSharesThreadsOnSmallMachinesAndSplitsOnLargeOnes
   }
 }
 
+// A stage with a name and a cost hint that has nothing to do: enough to see where auto puts it.
+class PlacedStage final : public Stage {
+ public:
+  PlacedStage(std::string name, unsigned cost) : name_(std::move(name)), cost_(cost) {}
+  std::string_view name() const override { return name_; }
+  unsigned cost_hint() const override { return cost_; }
+  std::size_t RunOnce() override { return 0; }
+  bool IsFinished() const override { return true; }
+
+ private:
+  std::string name_;
+  unsigned cost_;
+};
+
+std::vector<ThreadPlan> AutoPlan(std::size_t cpus, const std::vector<std::pair<std::string, unsigned>>& stages) {
+  TopologyConfig config;
+  config.allowed_cpus = cpus;
+  Topology topology(config);
+  for (const auto& [name, cost] : stages) topology.AddStage(std::make_unique<PlacedStage>(name, cost), {}, {});
+  EXPECT_TRUE(topology.Start().has_value());
+  topology.Wait();
+  return topology.plan();
+}
+
+TEST(TopologyTest, AutoPlacementBalancesCostHintsEvenAcrossNonNeighbours) {
+  // The replay pipeline's measured costs: no contiguous split does better than 18 / 26.
+  auto plan = AutoPlan(2, {{"wal-recovery", 1}, {"ingest", 11}, {"wal", 6}, {"parse", 9}, {"dedup", 2},
+                           {"filter", 11}, {"forward", 4}});
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].stages, (std::vector<std::string>{"wal-recovery", "ingest", "wal", "forward"}));
+  EXPECT_EQ(plan[1].stages, (std::vector<std::string>{"parse", "dedup", "filter"}));
+  // Among equally balanced splits the one with the fewest hand-offs wins.
+  plan = AutoPlan(2, {{"a", 2}, {"b", 2}, {"c", 2}, {"d", 2}});
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].stages, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(plan[1].stages, (std::vector<std::string>{"c", "d"}));
+  // Three threads: equal costs in contiguous pairs.
+  plan = AutoPlan(3, {{"a", 4}, {"b", 4}, {"c", 4}, {"d", 4}, {"e", 4}, {"f", 4}});
+  ASSERT_EQ(plan.size(), 3u);
+  EXPECT_EQ(plan[0].stages, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(plan[1].stages, (std::vector<std::string>{"c", "d"}));
+  EXPECT_EQ(plan[2].stages, (std::vector<std::string>{"e", "f"}));
+}
+
 TEST(TopologyTest, ExplicitPlacementIsValidated) {
   TopologyConfig config;
   config.placement = TopologyConfig::Placement::kExplicit;

@@ -1,13 +1,20 @@
 """Helpers for tests and benchmarks that need a real Dovecot: a generated config on free loopback
 ports (Maildir in a temp dir, passwd-file passdb with plain passwords, mail owned by nobody),
-started as `dovecot -F -c CONF` and stopped by PID. Needs root (Dovecot switches users)."""
+started as `dovecot -F -c CONF` and stopped by PID. Needs root (Dovecot switches users). Also the
+IMAP tests' daemon (tests/support/mailrail_daemon.py configured with [[imap.mailbox]] tables), test
+messages and the test base class."""
 import imaplib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from mailrail_daemon import (DaemonTestCase, MailrailDaemon, checkpoint_rows,  # noqa: E402
+                             wait_until, write_config)
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -20,14 +27,44 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval of a bounded wait, not a synchronisation
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+BIN = [None]  # the mailrail binary; each IMAP test script sets BIN[0] from its command line
+
+
+def message(tag, i):
+    return (f"From: Sender {i} <s{i}@example.com>\r\nTo: ops@corp.example\r\nSubject: {tag} {i}\r\n"
+            f"Date: Mon, 4 May 2026 10:00:00 +0000\r\nMessage-ID: <{tag}-{i}@imap.test>\r\n\r\n"
+            f"body of {tag} {i}\r\n" + "x" * (i * 37 % 900) + "\r\n").encode()
+
+
+def ids(tag, n, start=0):
+    return [f"{tag}-{i}@imap.test" for i in range(start, start + n)]  # the record drops the <>
+
+
+class Daemon(MailrailDaemon):
+    """`mailrail run` (started at once) with [imap] (fast backoff, then imap_extra) and one
+    [[imap.mailbox]] per dict of `mailboxes`; extra: more top-level tables; token: the API's bearer
+    token; prefix: see MailrailDaemon."""
+
+    def __init__(self, tmp, mailboxes, imap_extra="", extra="", token="", wal_linger_us=1000, prefix=()):
+        super().__init__(BIN[0], os.path.join(tmp, "mailrail.toml"), os.path.join(tmp, "stats.sock"),
+                         os.path.join(tmp, "data", "records.jsonl"), token=token, prefix=prefix)
+        self.tmp = tmp
+        self.checkpoint_path = os.path.join(tmp, "data", "imap.checkpoint")
+        write_config(self.config, tmp, self.stats_path, f'[http]\nport = 0\nbearer_token = "{token}"\n{extra}', "imap",
+                     f"backoff_base_ms = 50\nbackoff_max_ms = 400\n{imap_extra}", mailboxes, wal_linger_us)
+        self.start()
+
+    def checkpoint(self):
+        return {key: (int(validity), int(uid)) for validity, uid, key in checkpoint_rows(self.checkpoint_path)}
+
+
+class DovecotDaemonTestCase(DaemonTestCase):
+    """The IMAP tests' base: a Dovecot given to serve() and the daemon are stopped by PID after the
+    test, and the daemon's log must not hold PASSWORD."""
+    tmp_prefix = "mailrail-imap-"
+
+    def secrets(self):
+        return [PASSWORD]
 
 
 class Dovecot:

@@ -13,11 +13,10 @@ import threading
 import time
 import unittest
 
-import mailrail_daemon
-from dovecot import PASSWORD, Dovecot
-from mailrail_daemon import Daemon, DovecotDaemonTestCase, ids, message
+import dovecot
+from dovecot import Daemon, Dovecot, DovecotDaemonTestCase, PASSWORD, ids, message
 
-mailrail_daemon.BIN[0] = sys.argv.pop(1)
+dovecot.BIN[0] = sys.argv.pop(1)
 USERS = 300
 PER_USER = 3
 LIMIT = 50
@@ -30,8 +29,8 @@ class ImapScaleTest(DovecotDaemonTestCase):
         users = [f"user{i:03d}" for i in range(USERS)]
         # Enough login and mail processes for the limit and the turnover (a login process serves one
         # connection); the daemon's own fd limit is far above 50 connections.
-        dv = self.dovecot = Dovecot(self.tmp, users, extra_conf="default_process_limit = 400\n"
-                                                               "default_client_limit = 4000")
+        dv = self.serve(Dovecot(self.tmp, users, extra_conf="default_process_limit = 400\n"
+                                                              "default_client_limit = 4000"))
         for user in users:
             dv.seed_maildir(user, [message(user, i) for i in range(PER_USER)])
         dv.start()

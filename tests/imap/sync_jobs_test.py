@@ -16,11 +16,10 @@ import sys
 import time
 import unittest
 
-import mailrail_daemon
-from dovecot import PASSWORD, Dovecot, free_port, wait_until
-from mailrail_daemon import Daemon, DovecotDaemonTestCase, ids, message
+import dovecot
+from dovecot import Daemon, Dovecot, DovecotDaemonTestCase, PASSWORD, free_port, ids, message, wait_until
 
-mailrail_daemon.BIN[0] = sys.argv.pop(1)
+dovecot.BIN[0] = sys.argv.pop(1)
 TOKEN = "sync-test-token"
 
 
@@ -64,7 +63,7 @@ class SyncJobsTest(DovecotDaemonTestCase):
         return path
 
     def test_jobs_api_backfill_incremental_and_resume_after_sigkill(self):
-        dv = self.dovecot = Dovecot(self.tmp, ["alice", "bob", "dave"])
+        dv = self.serve(Dovecot(self.tmp, ["alice", "bob", "dave"]))
         dv.start()
         dv.append("alice", "INBOX", [message("alice", i) for i in range(30)])
         dv.append("alice", "INBOX", [message("alice-old", i) for i in range(3)], date=time.time() - 400 * 86400)

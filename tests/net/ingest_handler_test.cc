@@ -191,6 +191,64 @@ TEST_F(IngestHandlerTest, GraphNotificationSequence) {
   EXPECT_NE(metrics.find("mailrail_ingest_graph_client_state_mismatches_total 2\n"), std::string::npos) << metrics;
 }
 
+// With a Graph source configured, notifications for its mailboxes go to the source (no
+// Message); the others stay durable fetch requests, as without one.
+class RecordingGraphTarget final : public GraphNotificationTarget {
+ public:
+  bool OnGraphChange(std::string_view resource, std::string_view subscription_id) override {
+    changes.push_back(std::string(resource) + " " + std::string(subscription_id));
+    return resource.find("/known/") != std::string_view::npos;
+  }
+  void OnGraphLifecycle(std::string_view subscription_id, std::string_view event) override {
+    lifecycles.push_back(std::string(subscription_id) + " " + std::string(event));
+  }
+  std::vector<std::string> changes, lifecycles;  // loop thread; read after the responses arrived
+};
+
+class IngestHandlerGraphTargetTest : public ::testing::Test {
+ protected:
+  IngestHandlerGraphTargetTest()
+      : pool_(64, 64 << 20),
+        channel_("ingest", 64),
+        consumer_(&channel_, &pool_, /*record=*/true),
+        harness_(HttpServerConfig{}, [this](HttpServer& server) {
+          IngestConfig config;
+          config.graph_client_state = "secretClientValue";
+          config.graph_target = &target_;
+          handler_ = std::make_unique<IngestHandler>(server.loop(), &pool_, &channel_, config);
+          handler_->Install(server);
+        }) {}
+  RecordingGraphTarget target_;
+  stages::MessagePool pool_;
+  engine::Channel<stages::Message*> channel_;
+  AckingConsumer consumer_;
+  std::unique_ptr<IngestHandler> handler_;
+  ServerHarness harness_;
+};
+
+TEST_F(IngestHandlerGraphTargetTest, KnownMailboxesGoToTheSourceOthersStayFetchRequests) {
+  RawClient client(harness_.port());
+  const std::string notifications = R"({"value":[
+    {"subscriptionId":"sub-1","clientState":"secretClientValue","changeType":"created",
+     "resource":"Users/known/Messages/m1"},
+    {"subscriptionId":"sub-1","clientState":"forged","changeType":"created","resource":"Users/known/Messages/x"},
+    {"subscriptionId":"sub-2","clientState":"secretClientValue","changeType":"created",
+     "resource":"Users/other/Messages/m2"},
+    {"subscriptionId":"sub-1","clientState":"secretClientValue","lifecycleEvent":"missed"}]})";
+  ASSERT_TRUE(client.Send(Post("/webhook/graph", "application/json", notifications)));
+  const std::string response = client.ReadResponses(1);
+  EXPECT_EQ(FirstStatus(response), 202) << response;
+  EXPECT_EQ(BodyOf(response), "{\"lsns\":[1]}");  // only the unknown mailbox's request was enqueued
+  EXPECT_EQ(target_.changes, (std::vector<std::string>{"Users/known/Messages/m1 sub-1", "Users/other/Messages/m2 sub-2"}));
+  EXPECT_EQ(target_.lifecycles, (std::vector<std::string>{"sub-1 missed"}));
+  const auto seen = consumer_.seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].position, "Users/other/Messages/m2");
+  EXPECT_EQ(handler_->stats().graph_notifications.value(), 2u);
+  EXPECT_EQ(handler_->stats().graph_client_state_mismatches.value(), 1u);
+  EXPECT_EQ(handler_->stats().graph_lifecycle_missed.value(), 1u);
+}
+
 TEST_F(IngestHandlerTest, GraphDocumentationSampleIsAccepted) {
   const std::filesystem::path sample = std::filesystem::path(MAILRAIL_CORPUS_DIR) /
                                        "msgraph-docs/concepts/change-notifications-delivery-webhooks/"
