@@ -83,7 +83,9 @@ class SyncJobsTest(DovecotDaemonTestCase):
             self.tmp, [], token=TOKEN,
             imap_extra=f'mailboxes_file = "{mailboxes}"\npoll_interval_ms = 600000\nfetch_batch = 10\n'
                        f'pipeline_depth = 1',
-            extra="[sync]\nincremental_interval_s = 3")
+            # At most 32 messages in the pipeline and WAL commits up to 5 ms apart: dave's backfill
+            # takes about half a second, long enough to be interrupted by the SIGKILL below.
+            extra="[sync]\nincremental_interval_s = 3\n[limits]\nin_flight_messages = 32", wal_linger_us=5000)
 
         # Nothing is fetched before a job asks for it.
         self.assertEqual(d.stats()["imap_connects"], 0)
