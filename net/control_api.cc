@@ -1,5 +1,8 @@
 #include "net/control_api.h"
 
+#include <charconv>
+#include <optional>
+
 #include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <simdjson.h>
@@ -104,6 +107,54 @@ void ControlApi::Install(HttpServer& server) {
     service_->ReloadRules([this, loop, responder](ControlReply reply) {
       loop->Post([this, responder, reply = std::move(reply)] { Answer(responder, reply); });
     });
+  });
+  // Sync jobs: /api/v1/email-sync/{start,status,history}/{user_id} and /api/v1/email-sync/stats.
+  // The user id is the rest of the path, percent-decoded.
+  auto user_of = [](const HttpRequest& request, std::string_view prefix) -> std::optional<std::string> {
+    auto user = UrlDecode(request.path().substr(prefix.size()));
+    if (!user || user->empty() || user->find_first_of(std::string_view("/\t\r\n\0", 5)) != std::string::npos) {
+      return std::nullopt;
+    }
+    return user;
+  };
+  // An optional integer query parameter in [min, max]; nullopt when present but invalid.
+  auto bounded = [](const HttpRequest& request, std::string_view name, long fallback, long min,
+                    long max) -> std::optional<long> {
+    auto text = QueryParam(request.query(), name);
+    if (!text) return fallback;
+    long value = 0;
+    auto [ptr, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+    if (ec != std::errc() || ptr != text->data() + text->size() || value < min || value > max) return std::nullopt;
+    return value;
+  };
+  constexpr std::string_view kStart = "/api/v1/email-sync/start/";
+  constexpr std::string_view kStatus = "/api/v1/email-sync/status/";
+  constexpr std::string_view kHistory = "/api/v1/email-sync/history/";
+  server.Route("POST", std::string(kStart) + "*", [this, user_of, bounded, kStart](HttpRequest& request, Responder responder) {
+    if (!Authorized(request)) return responder.Send(Unauthorized());
+    auto user = user_of(request, kStart);
+    if (!user) return responder.Send(Invalid("the path must end with a user id"));
+    auto months = bounded(request, "months", 6, 1, 120);
+    if (!months) return responder.Send(Invalid("months must be an integer between 1 and 120"));
+    Answer(responder, service_->StartSyncJob(*user, static_cast<unsigned>(*months)));
+  });
+  server.Route("GET", std::string(kStatus) + "*", [this, user_of, kStatus](HttpRequest& request, Responder responder) {
+    if (!Authorized(request)) return responder.Send(Unauthorized());
+    auto user = user_of(request, kStatus);
+    if (!user) return responder.Send(Invalid("the path must end with a user id"));
+    Answer(responder, service_->SyncJobStatus(*user));
+  });
+  server.Route("GET", std::string(kHistory) + "*", [this, user_of, bounded, kHistory](HttpRequest& request, Responder responder) {
+    if (!Authorized(request)) return responder.Send(Unauthorized());
+    auto user = user_of(request, kHistory);
+    if (!user) return responder.Send(Invalid("the path must end with a user id"));
+    auto limit = bounded(request, "limit", 10, 1, 1000);
+    if (!limit) return responder.Send(Invalid("limit must be an integer between 1 and 1000"));
+    Answer(responder, service_->SyncJobHistory(*user, static_cast<std::size_t>(*limit)));
+  });
+  server.Route("GET", "/api/v1/email-sync/stats", [this](HttpRequest& request, Responder responder) {
+    if (!Authorized(request)) return responder.Send(Unauthorized());
+    Answer(responder, service_->SyncJobStats());
   });
   // Health and metrics stay open: load balancers and Prometheus scrape them without a token.
   server.Route("GET", "/health", [this](HttpRequest&, Responder responder) {

@@ -10,6 +10,11 @@
 //                         message ingested after the answer is judged by it), or 422
 //                         {"status":"rejected","error":"FILE:LINE: rule 'ID': ...","version":OLD}
 //                         with the old rules still in force
+//   POST /api/v1/email-sync/start/{user_id}?months=6   (months 1..120, default 6)
+//   GET  /api/v1/email-sync/status/{user_id}
+//   GET  /api/v1/email-sync/history/{user_id}?limit=10 (limit 1..1000, default 10)
+//   GET  /api/v1/email-sync/stats
+//                         per-mailbox sync jobs (net::SyncJobManager); user_id is percent-decoded
 //   GET  /health          200 {"status":"ok"} or 503 {"status":"unhealthy","reasons":[...]}
 //   GET  /metrics         Prometheus text format 0.0.4
 // The daemon implements ControlService and decides the JSON of each answer; ControlApi does the
@@ -55,6 +60,11 @@ class ControlService {
   virtual ControlReply TriggerPolling() = 0;
   // Reloads the filter rules off the loop thread and calls `reply` once with the outcome.
   virtual void ReloadRules(std::function<void(ControlReply)> reply) = 0;
+  // Sync jobs; ControlApi has validated user_id (non-empty), months and limit.
+  virtual ControlReply StartSyncJob(std::string_view user_id, unsigned months) = 0;
+  virtual ControlReply SyncJobStatus(std::string_view user_id) = 0;
+  virtual ControlReply SyncJobHistory(std::string_view user_id, std::size_t limit) = 0;
+  virtual ControlReply SyncJobStats() = 0;
   virtual HealthReport Health() = 0;
   // Prometheus text for the daemon's own metrics (pipeline counters, WAL, forward).
   virtual std::string Metrics() = 0;

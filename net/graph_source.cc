@@ -54,6 +54,10 @@ struct GraphSource::Mailbox {
   unsigned throttle_streak = 0;  // 429/503 in a row without Retry-After
   unsigned window_months;
   GraphMailboxProgress progress;
+  // The current sync-job run (MailboxSyncSource): rounds begun after BeginRun belong to it.
+  std::uint64_t run = 0;
+  MailboxSyncProgress run_progress;    // found, durable, settled, failed of the run
+  std::deque<std::uint64_t> run_lsns;  // WAL LSNs of the run's durable messages, not yet settled
 
   Mailbox(GraphMailboxConfig c, std::size_t rate, std::chrono::milliseconds window, Clock::time_point now)
       : config(std::move(c)), budget(rate, window, now), window_months(config.months) {}
@@ -70,6 +74,7 @@ struct GraphSource::Page {
   };
   std::uint64_t seq = 0;
   std::uint64_t epoch = 0;
+  std::uint64_t run = 0;  // the mailbox run its round belongs to
   std::string after_link;
   bool is_delta_link = false;
   std::vector<Item> items;
@@ -93,6 +98,9 @@ struct GraphSource::Folder {
   bool caught_up = false;
   std::uint64_t schedule_seq = 0;  // the scheduled round that is current
   std::uint64_t round_found = 0;
+  std::uint64_t round_run = 0;  // the mailbox run the current round belongs to
+  bool run_paged = false;       // a page of the mailbox's current run arrived
+  bool run_round_done = false;  // a round of the mailbox's current run reached its deltaLink
 
   std::uint64_t next_page_seq = 1;
   std::deque<Page> pages;  // not yet settled, in order
@@ -445,6 +453,7 @@ void GraphSource::StartRound(Folder* f) {
   f->round_active = true;
   f->round_reached_delta = false;
   f->round_found = 0;
+  f->round_run = f->mailbox->run;
   ++f->schedule_seq;  // a scheduled round still pending is replaced by this one
   RequestPage(f);
 }
@@ -500,6 +509,9 @@ void GraphSource::OnPage(Folder* f, std::uint64_t epoch, const ClientResponse& r
   Page& p = f->pages.emplace_back();
   p.seq = f->next_page_seq++;
   p.epoch = f->epoch;
+  p.run = f->round_run;
+  const bool in_run = p.run == f->mailbox->run;
+  f->run_paged = f->run_paged || in_run;
   p.is_delta_link = !page->delta_link.empty();
   p.after_link = p.is_delta_link ? std::move(page->delta_link) : std::move(page->next_link);
   p.items.reserve(page->items.size());
@@ -512,6 +524,7 @@ void GraphSource::OnPage(Folder* f, std::uint64_t epoch, const ClientResponse& r
       continue;
     }
     ++f->mailbox->progress.messages_found;
+    if (in_run) ++f->mailbox->run_progress.found;
     ++f->round_found;
     ++p.unsettled;
     if (config_.raw_mime) {
@@ -548,6 +561,7 @@ void GraphSource::FetchItem(Folder* f, Page* page, std::size_t index) {
       it.state = Page::State::kSkipped;
       --p->unsettled;
       ++f->mailbox->progress.messages_failed;
+      if (p->run == f->mailbox->run) ++f->mailbox->run_progress.failed;
       stats_.failed.Add();
       GraphLogFields fields = f->Fields();
       fields.emplace_back("id", it.id);
@@ -593,6 +607,7 @@ void GraphSource::RestartFolder(Folder* f, std::string_view reason) {
   f->caught_up = false;
   f->round_active = true;
   f->round_reached_delta = false;
+  f->round_run = f->mailbox->run;
   checkpoint_file_->MarkDirty();
   UpdateCaughtUp(f->mailbox);
   RequestPage(f);
@@ -621,7 +636,10 @@ void GraphSource::PushReady() {
       if (r.body.size() > config_.max_message_bytes) {
         stats_.rejected_too_large.Add();
         ++f->mailbox->progress.messages_failed;
-        if (Page* p = f->FindPage(r.page_seq)) --p->unsettled;
+        if (Page* p = f->FindPage(r.page_seq)) {
+          --p->unsettled;
+          if (p->run == f->mailbox->run) ++f->mailbox->run_progress.failed;
+        }
         f->ready.pop_front();
         continue;
       }
@@ -659,6 +677,10 @@ void GraphSource::ApplyAcks(std::span<const stages::DurableAck> acks) {
     f->in_flight.pop_front();
     stats_.durable.Add();
     ++f->mailbox->progress.messages_durable;
+    if (p->run == f->mailbox->run) {
+      ++f->mailbox->run_progress.durable;
+      f->mailbox->run_lsns.push_back(ack.lsn);
+    }
     Settle(f);
   }
 }
@@ -693,6 +715,7 @@ void GraphSource::RoundDone(Folder* f) {
     log_("graph_caught_up", fields);
   }
   f->caught_up = true;
+  if (f->round_run == f->mailbox->run) f->run_round_done = true;
   UpdateCaughtUp(f->mailbox);
   if (f->round_again) {
     f->round_again = false;
@@ -724,20 +747,41 @@ GraphSource::Mailbox* GraphSource::FindMailbox(std::string_view user_id) const {
 
 bool GraphSource::HasMailbox(std::string_view user_id) const { return FindMailbox(user_id) != nullptr; }
 
-base::Status GraphSource::StartBackfill(std::string_view user_id, unsigned months) {
-  Mailbox* mb = FindMailbox(user_id);
-  if (mb == nullptr) return base::MakeError("graph.unknown_mailbox", fmt::format("no Graph mailbox '{}'", user_id));
-  if (shut_down_) return base::MakeError("graph.shut_down", "the Graph source is shutting down");
-  mb->window_months = months;
-  mb->progress = GraphMailboxProgress{};
-  for (Folder* f : mb->folders) RestartFolder(f, "backfill");
-  return base::OkStatus();
+void GraphSource::BeginRun(Mailbox* mb, bool adopt_active_rounds) {
+  ++mb->run;
+  mb->run_progress = MailboxSyncProgress{};
+  mb->run_lsns.clear();
+  for (Folder* f : mb->folders) {
+    f->run_paged = false;
+    f->run_round_done = false;
+    if (adopt_active_rounds && f->round_active) f->round_run = mb->run;
+  }
 }
 
-void GraphSource::SyncNow(std::string_view user_id) {
-  if (Mailbox* mb = FindMailbox(user_id)) {
-    for (Folder* f : mb->folders) StartRound(f);
+bool GraphSource::StartBackfill(std::string_view user_id, unsigned months, bool resume) {
+  Mailbox* mb = FindMailbox(user_id);
+  if (mb == nullptr || shut_down_) return false;
+  mb->window_months = months;
+  if (resume) {
+    // After a restart each folder already runs a round from its checkpoint: the run continues it.
+    BeginRun(mb, /*adopt_active_rounds=*/true);
+    for (Folder* f : mb->folders) {
+      if (!f->round_active) StartRound(f);
+    }
+    return true;
   }
+  mb->progress = GraphMailboxProgress{};
+  BeginRun(mb, /*adopt_active_rounds=*/false);
+  for (Folder* f : mb->folders) RestartFolder(f, "backfill");
+  return true;
+}
+
+bool GraphSource::SyncNow(std::string_view user_id) {
+  Mailbox* mb = FindMailbox(user_id);
+  if (mb == nullptr) return false;
+  BeginRun(mb, /*adopt_active_rounds=*/false);  // a round running now began before the request
+  for (Folder* f : mb->folders) StartRound(f);
+  return true;
 }
 
 std::size_t GraphSource::SyncAll() {
@@ -745,7 +789,21 @@ std::size_t GraphSource::SyncAll() {
   return folders_.size();
 }
 
-const GraphMailboxProgress* GraphSource::Progress(std::string_view user_id) const {
+MailboxSyncProgress GraphSource::Progress(std::string_view user_id, std::uint64_t terminal_durable_lsn) {
+  Mailbox* mb = FindMailbox(user_id);
+  if (mb == nullptr) return MailboxSyncProgress{};
+  while (!mb->run_lsns.empty() && mb->run_lsns.front() <= terminal_durable_lsn) {
+    mb->run_lsns.pop_front();
+    ++mb->run_progress.settled;
+  }
+  MailboxSyncProgress p = mb->run_progress;
+  p.started = std::all_of(mb->folders.begin(), mb->folders.end(), [](const Folder* f) { return f->run_paged; });
+  p.done = p.started && p.settled + p.failed >= p.found &&
+           std::all_of(mb->folders.begin(), mb->folders.end(), [](const Folder* f) { return f->run_round_done; });
+  return p;
+}
+
+const GraphMailboxProgress* GraphSource::MailboxProgress(std::string_view user_id) const {
   const Mailbox* mb = FindMailbox(user_id);
   return mb == nullptr ? nullptr : &mb->progress;
 }

@@ -30,7 +30,7 @@
 //   410 Gone or error code syncStateNotFound / resyncRequired restarts that folder's delta from
 //   scratch (counted; pages of the abandoned round never move the checkpoint); 401 gets one token
 //   refresh and a retry. A request that keeps failing is retried without end (the folder waits;
-//   Progress().last_error says why): skipping it would move the checkpoint past a message that
+//   MailboxProgress().last_error says why): skipping it would move the checkpoint past a message that
 //   is not in the WAL.
 // Token: OAuth2 client credentials (POST token_url); refreshed when 80% of expires_in has passed
 //   and after a 401; failures are logged (status and error code only) and retried with backoff.
@@ -64,6 +64,7 @@
 #include "net/graph_api.h"
 #include "net/http_client.h"
 #include "net/ingest_handler.h"
+#include "net/mailbox_sync_source.h"
 #include "net/source_outlet.h"
 #include "stages/message.h"
 
@@ -134,7 +135,7 @@ struct GraphMailboxProgress {
 using GraphLogFields = std::vector<std::pair<std::string_view, std::string>>;
 using GraphLog = std::function<void(std::string_view event, const GraphLogFields& fields)>;
 
-class GraphSource final : public stages::DurableAckSink, public GraphNotificationTarget {
+class GraphSource final : public stages::DurableAckSink, public GraphNotificationTarget, public MailboxSyncSource {
  public:
   // Resolves the hosts (blocking), prepares TLS and reads the checkpoint.
   static base::Result<std::unique_ptr<GraphSource>> Create(EventLoop* loop, stages::MessagePool* pool,
@@ -152,14 +153,24 @@ class GraphSource final : public stages::DurableAckSink, public GraphNotificatio
   base::Status WriteCheckpoint();
   std::size_t in_flight() const;  // pushed (or held for the push) and not yet durable
 
-  // Control (loop thread). user_id matches GraphMailboxConfig::user_id or name, case-insensitively.
-  bool HasMailbox(std::string_view user_id) const;
-  // Restarts every folder of the mailbox from scratch with a window of `months` (0: everything).
-  base::Status StartBackfill(std::string_view user_id, unsigned months);
+  // Control: MailboxSyncSource (loop thread). user_id matches GraphMailboxConfig::user_id or
+  // name, case-insensitively. Each call below but SyncAll begins a run of the mailbox (the sync-job
+  // counts): the run's rounds are those begun from the call on; messages of earlier rounds are
+  // not counted. Progress: found = delta items (not @removed) of the run's pages; durable and
+  // settled as the WAL and the terminal stage report them; failed = items that could not be
+  // fetched or were too large; done once every folder completed a round of the run (deltaLink
+  // reached, every page settled) and every found message is settled or failed.
+  bool HasMailbox(std::string_view user_id) const override;
+  // resume = false: restarts every folder of the mailbox from scratch with a window of `months`
+  // (0: everything). resume = true (after a restart): the rounds running from the checkpoint
+  // continue and belong to the run. False for an unknown mailbox or after Shutdown.
+  bool StartBackfill(std::string_view user_id, unsigned months, bool resume) override;
   // An incremental round in every folder of the mailbox now (after the current one, if running).
-  void SyncNow(std::string_view user_id);
-  std::size_t SyncAll();  // every mailbox; returns the folder count
-  const GraphMailboxProgress* Progress(std::string_view user_id) const;
+  bool SyncNow(std::string_view user_id) override;
+  MailboxSyncProgress Progress(std::string_view user_id, std::uint64_t terminal_durable_lsn) override;
+  std::size_t SyncAll();  // every mailbox, not a run; returns the folder count
+  // Since Start or the last fresh backfill, with the last error (operators' view).
+  const GraphMailboxProgress* MailboxProgress(std::string_view user_id) const;
 
   // GraphNotificationTarget (loop thread, from the webhook).
   bool OnGraphChange(std::string_view resource, std::string_view subscription_id) override;
@@ -178,6 +189,8 @@ class GraphSource final : public stages::DurableAckSink, public GraphNotificatio
               GraphSourceConfig config, GraphLog log);
   base::Status LoadCheckpoint();
   Mailbox* FindMailbox(std::string_view user_id) const;
+  // Starts a new run: counts reset; adopt_active_rounds makes the rounds running now part of it.
+  void BeginRun(Mailbox* mb, bool adopt_active_rounds);
 
   // Requests.
   void Issue(Mailbox* mb, std::shared_ptr<Call> call, bool front = false);

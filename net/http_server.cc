@@ -311,7 +311,10 @@ void HttpServer::Dispatch(Connection* c) {
   const RouteEntry* found = nullptr;
   bool path_known = false;
   for (const auto& route : routes_) {
-    if (route.path != path) continue;
+    const bool matches = route.path.ends_with('*')
+                             ? path.starts_with(std::string_view(route.path).substr(0, route.path.size() - 1))
+                             : route.path == path;
+    if (!matches) continue;
     path_known = true;
     if (route.method == c->request.method) {
       found = &route;

@@ -99,6 +99,8 @@ class HttpServer final : public CompletionHandler {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
+  // `path` is matched exactly, or, when it ends with '*', as a prefix (the handler reads the rest
+  // from request.path()). Routes are tried in the order they were added.
   void Route(std::string method, std::string path, HttpHandler handler);
   void Start();
   void Shutdown();

@@ -1,5 +1,6 @@
 #include "net/imap_source.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <openssl/evp.h>
 
@@ -7,6 +8,7 @@
 #include <charconv>
 #include <cstring>
 #include <fstream>
+#include <set>
 
 #include <fmt/core.h>
 
@@ -19,6 +21,16 @@ namespace {
 constexpr unsigned kFolderShift = 40;  // ack token = (folder index + 1) << 40 | sequence
 
 enum class Phase { kOff, kConnecting, kLogin, kSelect, kSearch, kFetch, kIdle, kPolling };
+
+std::string AddressText(const sockaddr_storage& address) {
+  char text[INET6_ADDRSTRLEN] = "?";
+  if (address.ss_family == AF_INET6) {
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(address).sin6_addr, text, sizeof(text));
+  } else if (address.ss_family == AF_INET) {
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(address).sin_addr, text, sizeof(text));
+  }
+  return text;
+}
 
 std::string Base64(std::string_view bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3), '\0');
@@ -40,6 +52,8 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   std::uint64_t index = 0;
 
   ImapConnection* conn = nullptr;
+  std::size_t address_index = 0;    // into server->addresses, for the connection being opened
+  std::size_t addresses_tried = 0;  // failed connects in a row, this round
   bool has_slot = false;
   bool queued = false;  // in server->waiting
   std::uint64_t poll_seq = 0;  // the NOOP timer that is current; older ones do nothing
@@ -67,13 +81,15 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   // Progress: the highest UID handed on (ready or pushed) under `validity`.
   std::uint64_t validity = 0;
   std::uint64_t fetched_uid = 0;
+  // Bumped by a fresh backfill: messages handed on before it no longer move the checkpoint.
+  std::uint64_t epoch = 0;
   struct Ready {
-    std::uint64_t validity, uid;
+    std::uint64_t validity, uid, epoch;
     std::string raw;
   };
   std::deque<Ready> ready;
   struct InFlight {
-    std::uint64_t token, validity, uid;
+    std::uint64_t token, validity, uid, epoch;
     bool settled;  // skipped (too large): nothing to wait for
   };
   std::deque<InFlight> in_flight;
@@ -82,9 +98,40 @@ struct ImapSource::Folder final : ImapConnection::Listener {
   std::uint64_t durable_validity = 0;
   std::uint64_t durable_uid = 0;
 
+  // XOAUTH2: the token of this connection (from the config or the token file); secret.
+  std::string token;
+  bool credentials_sent = false;
+
+  // Acknowledgements to the mailbox (on_durable): durable UIDs under `validity` not yet sent.
+  std::vector<std::uint64_t> to_acknowledge;
+  bool has_move = false;
+  bool has_uidplus = false;
+
+  // Sync-job run (MailboxSyncSource). A requested run begins at the folder's next search.
+  bool enabled = true;         // false: backfill on request, not requested yet
+  unsigned months = 0;         // search window
+  bool run_requested = false;
+  bool run_backfill = false;   // the run's first search covers the window from UID 1
+  bool run_searching = false;  // the run's first search is in flight
+  bool run_started = false;    // ... and has completed
+  std::vector<std::uint64_t> run_found;  // sorted UIDs the run's searches found
+  std::set<std::uint64_t> run_failed;    // found, never ingested (too large, expunged)
+  std::uint64_t run_counted_uid = 0;     // highest found UID counted durable
+  std::uint64_t run_durable = 0;
+  std::uint64_t run_settled = 0;
+  std::deque<std::uint64_t> run_lsns;    // WAL LSNs of durable run messages not yet settled
+
+  bool InRun(std::uint64_t uid) const {
+    return (run_searching || run_started) && std::binary_search(run_found.begin(), run_found.end(), uid);
+  }
+
   ImapLogFields Fields() const { return {{"mailbox", mailbox->name}, {"folder", folder}}; }
 
-  void OnReady(const ImapResponse&) override { source->Login(this); }
+  void OnReady(const ImapResponse&) override {
+    server->preferred = address_index;  // the next connections start with the address that answered
+    addresses_tried = 0;
+    source->Login(this);
+  }
 
   void OnUntagged(ImapResponse& r) override {
     const std::string name = ResponseName(r.text);
@@ -108,18 +155,29 @@ struct ImapSource::Folder final : ImapConnection::Listener {
       }
     } else if (name == "CAPABILITY") {
       has_idle = HasCapability(r.text, "IDLE");
+      has_move = HasCapability(r.text, "MOVE");
+      has_uidplus = HasCapability(r.text, "UIDPLUS");
     } else if (name == "OK") {
       if (auto v = CodeNumber(r.text, "UIDVALIDITY")) selected_validity = *v;
     }
   }
 
   void OnContinuation(ImapResponse&) override {
-    if (phase == Phase::kLogin && mailbox->auth == "plain") {
+    if (phase == Phase::kLogin && mailbox->auth == "xoauth2") {
+      // The first continuation asks for the credentials; a second one carries the server's error
+      // (base64 JSON) and wants an empty line before the tagged NO.
+      if (credentials_sent) {
+        conn->SendLine("");
+      } else {
+        credentials_sent = true;
+        conn->SendLine(Base64("user=" + mailbox->user + std::string("\x01") + "auth=Bearer " + token + "\x01\x01"));
+      }
+    } else if (phase == Phase::kLogin && mailbox->auth == "plain") {
       conn->SendLine(Base64(std::string(1, '\0') + mailbox->user + std::string(1, '\0') + mailbox->password));
     } else if (phase == Phase::kIdle && !idle_entered) {
       idle_entered = true;
       source->log_("imap_idle", Fields());
-      if (exists_changed && !idle_done_sent) {  // mail arrived between the search and IDLE
+      if ((exists_changed || !to_acknowledge.empty()) && !idle_done_sent) {  // arrived between search and IDLE
         idle_done_sent = true;
         conn->SendLine("DONE");
       }
@@ -167,9 +225,21 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
       if (int rc = ::getaddrinfo(m.host.c_str(), port.c_str(), &hints, &result); rc != 0) {
         return base::MakeError("imap.resolve", fmt::format("mailbox {}: {}: {}", m.name, m.host, ::gai_strerror(rc)));
       }
-      std::memcpy(&server.address, result->ai_addr, result->ai_addrlen);
-      server.address_length = result->ai_addrlen;
+      // Every address, in getaddrinfo's order (RFC 6724: IPv6 before IPv4 where both exist).
+      for (const addrinfo* a = result; a != nullptr; a = a->ai_next) {
+        if (a->ai_addrlen > sizeof(sockaddr_storage)) continue;
+        Server::Address address;
+        std::memcpy(&address.storage, a->ai_addr, a->ai_addrlen);
+        address.length = a->ai_addrlen;
+        address.text = AddressText(address.storage);
+        const bool seen = std::any_of(server.addresses.begin(), server.addresses.end(),
+                                      [&](const Server::Address& other) { return other.text == address.text; });
+        if (!seen) server.addresses.push_back(std::move(address));
+      }
       ::freeaddrinfo(result);
+      if (server.addresses.empty()) {
+        return base::MakeError("imap.resolve", fmt::format("mailbox {}: {}: no usable address", m.name, m.host));
+      }
     }
     std::shared_ptr<TlsContext> tls;
     if (m.tls != ImapTls::kNone) {
@@ -186,9 +256,12 @@ base::Result<std::unique_ptr<ImapSource>> ImapSource::Create(EventLoop* loop, st
       f->folder = folder;
       f->id = m.name + "/" + folder;
       f->index = s->folders_.size();
+      f->months = m.months;
+      f->enabled = m.backfill_at_start;
       if (auto it2 = s->loaded_checkpoint_.find(f->id); it2 != s->loaded_checkpoint_.end()) {
         f->validity = f->durable_validity = it2->second.first;
         f->fetched_uid = f->durable_uid = it2->second.second;
+        f->enabled = true;  // synchronised before: keep it in sync
       }
       s->folders_.push_back(std::move(f));
     }
@@ -243,7 +316,9 @@ base::Status ImapSource::WriteCheckpoint() {
 
 void ImapSource::Start() {
   outlet_.Install();  // messages filled during one loop iteration enter the ring with one push
-  for (auto& f : folders_) RequestSlot(f.get());
+  for (auto& f : folders_) {
+    if (f->enabled) RequestSlot(f.get());
+  }
   Tick();
 }
 
@@ -262,6 +337,7 @@ void ImapSource::Shutdown() {
     server.active = 0;
     server.waiting.clear();
   }
+  stats_.connections_open.Set(0);
 }
 
 std::size_t ImapSource::in_flight() const {
@@ -273,8 +349,7 @@ std::size_t ImapSource::in_flight() const {
 void ImapSource::RequestSlot(Folder* f) {
   if (shut_down_ || f->has_slot || f->queued) return;
   if (f->server->active < config_.max_connections_per_server) {
-    ++f->server->active;
-    f->has_slot = true;
+    TakeSlot(f);
     Connect(f);
   } else {
     f->queued = true;
@@ -282,22 +357,50 @@ void ImapSource::RequestSlot(Folder* f) {
   }
 }
 
+void ImapSource::TakeSlot(Folder* f) {
+  ++f->server->active;
+  f->has_slot = true;
+  stats_.connections_open.Set(stats_.connections_open.value() + 1);
+  if (f->server->active > stats_.connections_peak.value()) stats_.connections_peak.Set(f->server->active);
+}
+
 void ImapSource::ReleaseSlot(Folder* f) {
   if (!f->has_slot) return;
   f->has_slot = false;
   Server& server = *f->server;
   --server.active;
+  stats_.connections_open.Set(stats_.connections_open.value() - 1);
   while (!shut_down_ && !server.waiting.empty() && server.active < config_.max_connections_per_server) {
     Folder* next = server.waiting.front();
     server.waiting.pop_front();
     next->queued = false;
-    ++server.active;
-    next->has_slot = true;
+    TakeSlot(next);
     Connect(next);
   }
 }
 
+bool ImapSource::ReadToken(Folder* f) {
+  const ImapMailboxConfig& m = *f->mailbox;
+  if (m.token_file.empty()) {
+    f->token = m.token;
+    return true;
+  }
+  std::ifstream in(m.token_file);
+  std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (!in.good() && !in.eof()) token.clear();
+  if (token.empty() || token.find_first_of(std::string_view("\r\n\x01\0", 4)) != std::string::npos) {
+    ImapLogFields fields = f->Fields();
+    fields.emplace_back("token_file", m.token_file);
+    log_("imap_token_unreadable", fields);  // the path only, never the contents
+    return false;
+  }
+  f->token = std::move(token);
+  return true;
+}
+
 void ImapSource::Connect(Folder* f) {
+  if (f->mailbox->auth == "xoauth2") ReadToken(f);  // a rotated file is picked up by every connection
   ++f->generation;
   f->phase = Phase::kConnecting;
   f->has_idle = false;
@@ -309,10 +412,12 @@ void ImapSource::Connect(Folder* f) {
   options.tls_context = f->tls;
   options.host = f->mailbox->host;
   options.limits.max_literal_bytes = config_.max_message_bytes + (1u << 20);
-  f->conn = ImapConnection::Connect(loop_, f->server->address, f->server->address_length, options, f);
+  if (f->addresses_tried == 0) f->address_index = f->server->preferred;
+  const Server::Address& address = f->server->addresses[f->address_index];
+  f->conn = ImapConnection::Connect(loop_, address.storage, address.length, options, f);
 }
 
-void ImapSource::Disconnect(Folder* f, const base::Error& error) {
+void ImapSource::EndSession(Folder* f) {
   if (f->conn != nullptr) {
     f->conn->Abandon();
     f->conn = nullptr;
@@ -323,8 +428,30 @@ void ImapSource::Disconnect(Folder* f, const base::Error& error) {
   f->to_fetch.clear();
   f->next_fetch = 0;
   f->fetches_outstanding = 0;
-  stats_.disconnects.Add();
   ReleaseSlot(f);
+}
+
+void ImapSource::Disconnect(Folder* f, const base::Error& error) {
+  const std::size_t addresses = f->server->addresses.size();
+  if (error.code == "connect" && !shut_down_ && f->addresses_tried + 1 < addresses) {
+    if (f->conn != nullptr) {
+      f->conn->Abandon();
+      f->conn = nullptr;
+    }
+    // The host has further addresses (e.g. ::1 refused, 127.0.0.1 listening): the next one now.
+    ImapLogFields fields = f->Fields();
+    fields.emplace_back("address", f->server->addresses[f->address_index].text);
+    fields.emplace_back("error", error.message);
+    log_("imap_connect_failed", fields);
+    ++f->addresses_tried;
+    f->address_index = (f->address_index + 1) % addresses;
+    stats_.connect_fallbacks.Add();
+    Connect(f);  // keeps the slot
+    return;
+  }
+  f->addresses_tried = 0;
+  stats_.disconnects.Add();
+  EndSession(f);
   if (shut_down_) return;
   f->backoff = f->backoff.count() == 0 ? config_.backoff_base : std::min(config_.backoff_max, f->backoff * 2);
   ImapLogFields fields = f->Fields();
@@ -363,6 +490,27 @@ void ImapSource::Login(Folder* f) {
     f->conn->Command("AUTHENTICATE PLAIN", after_login);  // credentials go in the continuation
     return;
   }
+  if (m.auth == "xoauth2") {
+    f->credentials_sent = false;
+    f->conn->Command("AUTHENTICATE XOAUTH2", [this, f](ImapResponse& done) {
+      if (StatusOf(done.text) == ImapStatus::kOk || f->mailbox->token_file.empty()) {
+        if (!CheckOk(f, done, "AUTHENTICATE XOAUTH2")) return;
+        f->conn->Command("CAPABILITY", [this, f](ImapResponse& caps) {
+          if (CheckOk(f, caps, "CAPABILITY")) Select(f);
+        });
+        return;
+      }
+      // Refused: the token may have been rotated since this connection read it.
+      const std::string used = f->token;
+      const bool rotated = ReadToken(f) && f->token != used;
+      CheckOk(f, done, "AUTHENTICATE XOAUTH2");  // closes the connection and schedules the retry
+      if (rotated) {
+        log_("imap_token_rotated", f->Fields());
+        ScheduleRetry(f, std::chrono::milliseconds(0));
+      }
+    });
+    return;
+  }
   // The config loader rejected user names and passwords that cannot be quoted.
   f->conn->Command("LOGIN " + Quote(m.user).value() + " " + Quote(m.password).value(), after_login);
 }
@@ -371,11 +519,14 @@ void ImapSource::Select(Folder* f) {
   f->phase = Phase::kSelect;
   f->selected_validity = 0;
   auto quoted = Quote(f->folder);
-  // EXAMINE: read-only, so the mirror changes nothing in the mailbox (not even \Recent).
-  f->conn->Command("EXAMINE " + quoted.value(), [this, f](ImapResponse& done) {
-    if (!CheckOk(f, done, "EXAMINE")) return;
+  // EXAMINE: read-only, so the mirror changes nothing in the mailbox (not even \Recent); SELECT
+  // when durable messages are to be flagged or moved.
+  const bool writable = f->mailbox->on_durable != ImapMailboxConfig::OnDurable::kNone;
+  const std::string verb = writable ? "SELECT" : "EXAMINE";
+  f->conn->Command(verb + " " + quoted.value(), [this, f, verb](ImapResponse& done) {
+    if (!CheckOk(f, done, verb)) return;
     if (f->selected_validity == 0) {
-      Disconnect(f, base::MakeError("imap_protocol", "EXAMINE without UIDVALIDITY"));
+      Disconnect(f, base::MakeError("imap_protocol", verb + " without UIDVALIDITY"));
       return;
     }
     f->backoff = std::chrono::milliseconds(0);
@@ -387,20 +538,106 @@ void ImapSource::Select(Folder* f) {
       fields.emplace_back("new", std::to_string(f->selected_validity));
       log_("imap_uidvalidity_changed", fields);
       f->fetched_uid = 0;
+      f->to_acknowledge.clear();  // those UIDs name other messages now
     }
     f->validity = f->selected_validity;
+    CatchUpAcknowledgements(f);
+  });
+}
+
+void ImapSource::CatchUpAcknowledgements(Folder* f) {
+  const ImapMailboxConfig::OnDurable mode = f->mailbox->on_durable;
+  if (mode == ImapMailboxConfig::OnDurable::kNone || f->durable_uid == 0 || f->durable_validity != f->validity) {
+    Search(f);
+    return;
+  }
+  f->phase = Phase::kSearch;
+  f->search_result.clear();
+  f->search_malformed = false;
+  std::string criteria = fmt::format("UID SEARCH UID 1:{}", f->durable_uid);
+  if (f->months > 0) {
+    const std::int64_t since = base::UnixMs() / 1000 - std::int64_t{f->months} * 31 * 24 * 3600;
+    criteria += " SINCE " + ImapDate(since);
+  }
+  criteria += fmt::format(" NOT LARGER {}", config_.max_message_bytes);
+  if (mode == ImapMailboxConfig::OnDurable::kSeen) criteria += " UNSEEN";
+  f->conn->Command(criteria, [this, f](ImapResponse& done) {
+    if (!CheckOk(f, done, "SEARCH")) return;
+    if (f->search_malformed) {
+      Disconnect(f, base::MakeError("imap_protocol", "malformed SEARCH response"));
+      return;
+    }
+    for (std::uint64_t uid : f->search_result) {
+      if (uid <= f->durable_uid) f->to_acknowledge.push_back(uid);  // "1:n" may also match the highest UID
+    }
+    std::sort(f->to_acknowledge.begin(), f->to_acknowledge.end());
+    f->to_acknowledge.erase(std::unique(f->to_acknowledge.begin(), f->to_acknowledge.end()), f->to_acknowledge.end());
     Search(f);
   });
 }
 
+void ImapSource::Acknowledge(Folder* f) {
+  if (f->to_acknowledge.empty() || f->conn == nullptr) return;
+  switch (f->phase) {
+    case Phase::kOff:
+    case Phase::kConnecting:
+    case Phase::kLogin:
+    case Phase::kSelect:
+      return;  // CatchUpAcknowledgements after SELECT covers them
+    case Phase::kIdle:
+      if (f->idle_entered && !f->idle_done_sent) {
+        f->idle_done_sent = true;
+        f->conn->SendLine("DONE");  // the search after IDLE sends them
+      }
+      return;
+    default:
+      break;
+  }
+  std::vector<std::uint64_t> uids;
+  uids.swap(f->to_acknowledge);
+  std::sort(uids.begin(), uids.end());
+  const bool move = f->mailbox->on_durable == ImapMailboxConfig::OnDurable::kMove;
+  const std::string target = move ? Quote(f->mailbox->move_to).value() : std::string();
+  for (std::size_t i = 0; i < uids.size(); i += config_.fetch_batch) {
+    const std::vector<std::uint64_t> batch(uids.begin() + static_cast<std::ptrdiff_t>(i),
+                                           uids.begin() + static_cast<std::ptrdiff_t>(std::min(uids.size(), i + config_.fetch_batch)));
+    const std::string set = FormatUidSet(batch);
+    const std::uint64_t count = batch.size();
+    auto counted = [this, f, count](std::string_view what) {
+      return [this, f, count, what = std::string(what)](ImapResponse& done) {
+        if (CheckOk(f, done, what)) stats_.acknowledged.Add(count);
+      };
+    };
+    auto checked = [this, f](std::string_view what) {
+      return [this, f, what = std::string(what)](ImapResponse& done) { CheckOk(f, done, what); };
+    };
+    if (!move) {
+      f->conn->Command("UID STORE " + set + " +FLAGS.SILENT (\\Seen)", counted("STORE"));
+    } else if (f->has_move) {
+      f->conn->Command("UID MOVE " + set + " " + target, counted("MOVE"));
+    } else if (f->has_uidplus) {
+      // RFC 6851 without MOVE: copy, mark deleted, expunge exactly these UIDs.
+      f->conn->Command("UID COPY " + set + " " + target, checked("COPY"));
+      f->conn->Command("UID STORE " + set + " +FLAGS.SILENT (\\Deleted)", checked("STORE"));
+      f->conn->Command("UID EXPUNGE " + set, counted("EXPUNGE"));
+    } else {
+      Disconnect(f, base::MakeError("imap_unsupported", "on_durable = \"move\" needs the MOVE or UIDPLUS capability"));
+      return;
+    }
+  }
+}
+
 void ImapSource::Search(Folder* f) {
   f->phase = Phase::kSearch;
+  Acknowledge(f);
   f->exists_changed = false;
   f->search_result.clear();
   f->search_malformed = false;
-  std::string criteria = fmt::format("UID SEARCH UID {}:*", f->fetched_uid + 1);
-  if (f->mailbox->months > 0) {
-    const std::int64_t since = base::UnixMs() / 1000 - std::int64_t{f->mailbox->months} * 31 * 24 * 3600;
+  if (f->run_requested) BeginRun(f);
+  const bool whole_window = f->run_searching && f->run_backfill;  // the run's total, from UID 1
+  std::string criteria = fmt::format("UID SEARCH UID {}:*", whole_window ? 1 : f->fetched_uid + 1);
+  if (f->months > 0) {
+    const std::int64_t since = base::UnixMs() / 1000 - std::int64_t{f->months} * 31 * 24 * 3600;
     criteria += " SINCE " + ImapDate(since);
   }
   criteria += fmt::format(" NOT LARGER {}", config_.max_message_bytes);
@@ -414,7 +651,23 @@ void ImapSource::Search(Folder* f) {
     std::vector<std::uint64_t>& uids = f->search_result;
     std::sort(uids.begin(), uids.end());
     uids.erase(std::unique(uids.begin(), uids.end()), uids.end());
+    if (f->run_searching) {
+      // The run's first search: on a resumed backfill, what the checkpoint covers is done already.
+      if (!f->run_backfill) uids.erase(uids.begin(), std::upper_bound(uids.begin(), uids.end(), f->fetched_uid));
+      f->run_searching = false;
+      f->run_started = true;
+      f->run_found = uids;
+      const auto covered = std::upper_bound(f->run_found.begin(), f->run_found.end(), f->durable_uid);
+      const std::uint64_t already = static_cast<std::uint64_t>(covered - f->run_found.begin());
+      f->run_durable = f->run_settled = already;
+      f->run_counted_uid = f->durable_uid;
+    }
     uids.erase(uids.begin(), std::upper_bound(uids.begin(), uids.end(), f->fetched_uid));
+    if (f->run_started && !uids.empty()) {  // a later search of the run adds what it found
+      f->run_found.insert(f->run_found.end(), uids.begin(), uids.end());
+      std::sort(f->run_found.begin(), f->run_found.end());
+      f->run_found.erase(std::unique(f->run_found.begin(), f->run_found.end()), f->run_found.end());
+    }
     f->to_fetch.swap(uids);
     f->next_fetch = 0;
     if (!f->to_fetch.empty()) {
@@ -439,15 +692,19 @@ void ImapSource::FetchMore(Folder* f) {
     f->next_fetch += n;
     ++f->fetches_outstanding;
     stats_.fetch_commands.Add();
-    const std::uint64_t last_uid = batch.back();
-    f->conn->Command("UID FETCH " + FormatUidSet(batch) + " (UID BODY.PEEK[])", [this, f, last_uid](ImapResponse& done) {
+    const std::string command = "UID FETCH " + FormatUidSet(batch) + " (UID BODY.PEEK[])";
+    f->conn->Command(command, [this, f, batch = std::move(batch)](ImapResponse& done) {
       if (!CheckOk(f, done, "FETCH")) return;
       --f->fetches_outstanding;
+      const std::uint64_t last_uid = batch.back();
       // Commands complete in order, so every body up to last_uid has arrived; a UID of the batch
       // without a body was expunged meanwhile.
+      for (std::uint64_t uid : batch) {
+        if (!f->arrived.contains(uid) && f->InRun(uid)) f->run_failed.insert(uid);
+      }
       auto end = f->arrived.upper_bound(last_uid);
       for (auto it = f->arrived.begin(); it != end; ++it) {
-        f->ready.push_back({f->validity, it->first, std::move(it->second)});
+        f->ready.push_back({f->validity, it->first, f->epoch, std::move(it->second)});
         ++f->session_fetched;
       }
       f->arrived.erase(f->arrived.begin(), end);
@@ -474,11 +731,7 @@ void ImapSource::CaughtUp(Folder* f) {
   }
   if (!f->server->waiting.empty()) {
     // Others wait for this server: make room and come back after the poll interval.
-    f->conn->Abandon();
-    f->conn = nullptr;
-    ++f->generation;
-    f->phase = Phase::kOff;
-    ReleaseSlot(f);
+    EndSession(f);
     ScheduleRetry(f, config_.poll_interval);
     return;
   }
@@ -510,22 +763,10 @@ void ImapSource::Poll(Folder* f) {
 
 std::size_t ImapSource::PollNow() {
   std::size_t nudged = 0;
-  for (auto& fp : folders_) {
-    Folder* f = fp.get();
-    if (shut_down_) break;
-    if (f->conn == nullptr) {
-      if (!f->has_slot && !f->queued) {
-        RequestSlot(f);  // taking turns or backing off: come now
-        ++nudged;
-      }
-    } else if (f->phase == Phase::kPolling) {
-      Poll(f);
-      ++nudged;
-    } else if (f->phase == Phase::kIdle && f->idle_entered && !f->idle_done_sent) {
-      f->idle_done_sent = true;
-      f->conn->SendLine("DONE");  // IDLE's completion starts a search
-      ++nudged;
-    }
+  for (auto& f : folders_) {
+    if (shut_down_ || !f->enabled) continue;
+    Nudge(f.get());
+    ++nudged;
   }
   return nudged;
 }
@@ -538,7 +779,8 @@ void ImapSource::PushReady() {
       Folder::Ready& r = f->ready.front();
       if (r.raw.size() > config_.max_message_bytes) {  // SEARCH NOT LARGER should have excluded it
         stats_.rejected_too_large.Add();
-        f->in_flight.push_back({0, r.validity, r.uid, true});
+        if (f->InRun(r.uid)) f->run_failed.insert(r.uid);
+        f->in_flight.push_back({0, r.validity, r.uid, r.epoch, true});
         f->ready.pop_front();
         continue;
       }
@@ -550,7 +792,7 @@ void ImapSource::PushReady() {
         break;
       }
       ++f->next_seq;
-      f->in_flight.push_back({token, r.validity, r.uid, false});
+      f->in_flight.push_back({token, r.validity, r.uid, r.epoch, false});
       stats_.messages.Add();
       stats_.bytes.Add(bytes);
       f->ready.pop_front();
@@ -568,10 +810,12 @@ void ImapSource::OnDurable(std::span<const stages::DurableAck> acks) { outlet_.O
 void ImapSource::Settle(Folder* f) {
   bool moved = false;
   while (!f->in_flight.empty() && f->in_flight.front().settled) {
-    f->durable_validity = f->in_flight.front().validity;
-    f->durable_uid = f->in_flight.front().uid;
+    if (f->in_flight.front().epoch == f->epoch) {  // an older epoch's message: a fresh backfill redoes it
+      f->durable_validity = f->in_flight.front().validity;
+      f->durable_uid = f->in_flight.front().uid;
+      moved = true;
+    }
     f->in_flight.pop_front();
-    moved = true;
   }
   if (moved) checkpoint_file_->MarkDirty();
 }
@@ -585,9 +829,22 @@ void ImapSource::ApplyAcks(std::span<const stages::DurableAck> acks) {
     // The WAL acknowledges one source's messages in the order they were pushed.
     MR_CHECK(!f->in_flight.empty() && f->in_flight.front().token == ack.token)
         << "IMAP durable ack out of order for " << f->id << ": token " << ack.token;
-    f->in_flight.front().settled = true;
+    Folder::InFlight& entry = f->in_flight.front();
+    entry.settled = true;
+    if (f->mailbox->on_durable != ImapMailboxConfig::OnDurable::kNone && entry.validity == f->validity) {
+      f->to_acknowledge.push_back(entry.uid);
+    }
+    if (entry.epoch == f->epoch && entry.uid > f->run_counted_uid && f->InRun(entry.uid)) {
+      f->run_counted_uid = entry.uid;
+      ++f->run_durable;
+      f->run_lsns.push_back(ack.lsn);
+    }
     stats_.durable.Add();
     Settle(f);
+  }
+  for (const stages::DurableAck& ack : acks) {  // one batch per folder and drain
+    Folder* f = folders_[(ack.token >> kFolderShift) - 1].get();
+    if (!f->to_acknowledge.empty()) Acknowledge(f);
   }
 }
 
@@ -613,6 +870,101 @@ void ImapSource::Tick() {
     }
     Tick();
   });
+}
+
+void ImapSource::BeginRun(Folder* f) {
+  f->run_requested = false;
+  f->run_searching = true;
+  f->run_started = false;
+  f->run_found.clear();
+  f->run_failed.clear();
+  f->run_lsns.clear();
+  f->run_durable = f->run_settled = 0;
+  f->run_counted_uid = 0;
+}
+
+void ImapSource::Nudge(Folder* f) {
+  if (shut_down_) return;
+  if (f->conn == nullptr) {
+    if (!f->has_slot && !f->queued) RequestSlot(f);  // taking turns or backing off: come now
+  } else if (f->phase == Phase::kPolling) {
+    Poll(f);
+  } else if (f->phase == Phase::kIdle && f->idle_entered && !f->idle_done_sent) {
+    f->idle_done_sent = true;
+    f->conn->SendLine("DONE");  // IDLE's completion starts a search
+  } else {
+    f->exists_changed = true;  // connecting, searching or fetching: search again when caught up
+  }
+}
+
+bool ImapSource::HasMailbox(std::string_view user_id) const {
+  for (const ImapMailboxConfig& m : config_.mailboxes) {
+    if (m.user_id == user_id) return true;
+  }
+  return false;
+}
+
+std::vector<ImapSource::Folder*> ImapSource::RequestRun(std::string_view user_id, bool backfill) {
+  std::vector<Folder*> folders;
+  for (auto& fp : folders_) {
+    Folder* f = fp.get();
+    if (f->mailbox->user_id != user_id) continue;
+    f->enabled = true;
+    f->run_requested = true;
+    f->run_backfill = backfill;
+    folders.push_back(f);
+  }
+  return folders;
+}
+
+bool ImapSource::StartBackfill(std::string_view user_id, unsigned months, bool resume) {
+  const std::vector<Folder*> folders = RequestRun(user_id, /*backfill=*/true);
+  for (Folder* f : folders) {
+    f->months = months;
+    if (!resume) {
+      // Start over: drop the session (a FETCH in flight would move fetched_uid again) and the
+      // checkpoint, so that a crash during the backfill resumes it rather than skipping its start.
+      if (f->conn != nullptr) EndSession(f);
+      ++f->epoch;
+      f->fetched_uid = 0;
+      f->durable_uid = 0;
+      f->backoff = std::chrono::milliseconds(0);
+    }
+  }
+  if (folders.empty()) return false;
+  if (!resume) {
+    if (auto status = WriteCheckpoint(); !status) log_("imap_checkpoint_failed", {{"error", status.error().message}});
+  }
+  for (Folder* f : folders) Nudge(f);
+  return true;
+}
+
+bool ImapSource::SyncNow(std::string_view user_id) {
+  const std::vector<Folder*> folders = RequestRun(user_id, /*backfill=*/false);
+  for (Folder* f : folders) Nudge(f);
+  return !folders.empty();
+}
+
+MailboxSyncProgress ImapSource::Progress(std::string_view user_id, std::uint64_t terminal_durable_lsn) {
+  MailboxSyncProgress p;
+  p.started = true;
+  p.done = true;
+  for (auto& fp : folders_) {
+    Folder* f = fp.get();
+    if (f->mailbox->user_id != user_id) continue;
+    while (!f->run_lsns.empty() && f->run_lsns.front() <= terminal_durable_lsn) {
+      f->run_lsns.pop_front();
+      ++f->run_settled;
+    }
+    const bool started = f->run_started && !f->run_requested;
+    p.started = p.started && started;
+    p.found += f->run_found.size();
+    p.durable += f->run_durable;
+    p.settled += f->run_settled;
+    p.failed += f->run_failed.size();
+    p.done = p.done && started && f->run_settled + f->run_failed.size() >= f->run_found.size();
+  }
+  return p;
 }
 
 }  // namespace mailrail::net

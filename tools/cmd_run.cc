@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -31,6 +32,7 @@
 #include "net/http_server.h"
 #include "net/imap_source.h"
 #include "net/ingest_handler.h"
+#include "net/sync_jobs.h"
 #include "stages/record_json.h"
 #include "tools/config.h"
 #include "tools/pipeline.h"
@@ -94,12 +96,13 @@ class Daemon final : public net::ControlService {
  public:
   using ReloadLog = std::function<void(std::string_view source, const ReloadResult& result)>;
   Daemon(Pipeline* pipeline, const engine::StatsRegistry* registry, const net::IngestHandler* ingest,
-         net::ImapSource* imap, net::GraphSource* graph, ReloadLog log_reload)
+         net::ImapSource* imap, net::GraphSource* graph, net::SyncJobManager* sync_jobs, ReloadLog log_reload)
       : pipeline_(pipeline),
         registry_(registry),
         ingest_(ingest),
         imap_(imap),
         graph_(graph),
+        sync_jobs_(sync_jobs),
         log_reload_(std::move(log_reload)),
         started_(std::chrono::steady_clock::now()),
         reloader_(&pipeline->filter()) {}
@@ -172,6 +175,15 @@ class Daemon final : public net::ControlService {
     });
   }
 
+  net::ControlReply StartSyncJob(std::string_view user_id, unsigned months) override {
+    return sync_jobs_->StartBackfill(user_id, months);
+  }
+  net::ControlReply SyncJobStatus(std::string_view user_id) override { return sync_jobs_->Status(user_id); }
+  net::ControlReply SyncJobHistory(std::string_view user_id, std::size_t limit) override {
+    return sync_jobs_->History(user_id, limit);
+  }
+  net::ControlReply SyncJobStats() override { return sync_jobs_->Stats(); }
+
   net::HealthReport Health() override {
     net::HealthReport report;
     if (const base::Error* failure = pipeline_->wal().failure()) report.reasons.push_back("wal: " + failure->message);
@@ -191,6 +203,7 @@ class Daemon final : public net::ControlService {
   const net::IngestHandler* ingest_;
   net::ImapSource* imap_;  // null without [[imap.mailbox]]; used on the loop thread only
   net::GraphSource* graph_;  // null without [[graph.mailbox]]; used on the loop thread only
+  net::SyncJobManager* sync_jobs_;  // loop thread only
   const ReloadLog log_reload_;
   const std::chrono::steady_clock::time_point started_;
   std::mutex mutex_;
@@ -350,10 +363,14 @@ int RunDaemon(const std::string& config_path) {
       s.Counter("stage_messages_out", v(st.messages), {{"stage", "ingest"}, {"source", "imap"}});
       s.Counter("imap_connects", v(st.connects), {}, "IMAP connections opened");
       s.Counter("imap_disconnects", v(st.disconnects), {}, "IMAP connections lost to errors and timeouts");
+      s.Gauge("imap_connections_open", v(st.connections_open), {}, "IMAP connection slots in use");
+      s.Gauge("imap_connections_peak", v(st.connections_peak), {}, "most connection slots in use at once on one server");
+      s.Counter("imap_connect_fallbacks", v(st.connect_fallbacks), {}, "failed connects retried at the host's next address");
       s.Counter("imap_fetch_commands", v(st.fetch_commands), {}, "UID FETCH commands sent");
       s.Counter("imap_messages", v(st.messages), {}, "messages fetched and pushed to the pipeline");
       s.Counter("imap_bytes", v(st.bytes), {}, "bytes of messages fetched");
       s.Counter("imap_durable", v(st.durable), {}, "fetched messages the WAL reported durable");
+      s.Counter("imap_acknowledged", v(st.acknowledged), {}, "durable messages flagged \\Seen or moved (on_durable)");
       s.Counter("imap_rejected_too_large", v(st.rejected_too_large), {}, "messages over limits.max_message_mib");
       s.Counter("imap_uidvalidity_resets", v(st.uidvalidity_resets), {}, "folders resynchronised after a UIDVALIDITY change");
       s.Counter("imap_idle_wakeups", v(st.idle_wakeups), {}, "IDLE ended by new mail");
@@ -383,7 +400,25 @@ int RunDaemon(const std::string& config_path) {
       s.Counter("graph_checkpoint_writes", v(st.checkpoint_writes), {}, "durable writes of graph.checkpoint");
     });
   }
-  Daemon daemon(&pipeline, &registry, &ingest, imap.get(), graph.get(), log_reload);
+  // Sync jobs over every mailbox source (none configured: every user id answers 404).
+  auto job_store = storage::SyncJobStore::Open((std::filesystem::path(config.data_dir) / "sync_jobs.journal").string(),
+                                               config.sync.history_per_user);
+  if (!job_store) {
+    fmt::print(stderr, "mailrail run: {}\n", job_store.error().message);
+    return 1;
+  }
+  if (job_store->torn_tail_bytes() > 0) {
+    Log(config, "sync_jobs_torn_tail", {{"bytes", std::to_string(job_store->torn_tail_bytes())}});
+  }
+  std::vector<net::MailboxSyncSource*> sync_sources;
+  if (imap != nullptr) sync_sources.push_back(imap.get());
+  if (graph != nullptr) sync_sources.push_back(graph.get());
+  net::SyncJobsConfig sync_config;
+  sync_config.incremental_interval = config.sync.incremental_interval;
+  net::SyncJobManager sync_jobs(
+      loop->get(), &*job_store, std::move(sync_sources), [&pipeline] { return pipeline.sink().durable_lsn(); },
+      sync_config, [&config](std::string_view event, const net::ImapLogFields& fields) { Log(config, event, fields); });
+  Daemon daemon(&pipeline, &registry, &ingest, imap.get(), graph.get(), &sync_jobs, log_reload);
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
 
@@ -400,8 +435,11 @@ int RunDaemon(const std::string& config_path) {
   // requests must not take the message pool from the recovery).
   pipeline.WaitForRecovery();
   (*server)->Start();
-  if (imap != nullptr) (*loop)->Post([&] { imap->Start(); });
-  if (graph != nullptr) (*loop)->Post([&] { graph->Start(); });
+  (*loop)->Post([&] {
+    if (imap != nullptr) imap->Start();
+    if (graph != nullptr) graph->Start();
+    sync_jobs.Start();
+  });
   std::thread net_thread([&] { (*loop)->Run(); });
 
   const auto& report = pipeline.wal_open_report();

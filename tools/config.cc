@@ -109,6 +109,13 @@ class TableReader {
   // A secret given inline (`key`) or in a file (`file_key`, relative to the config file; trailing
   // line breaks removed): exactly one of the two, or neither when not `required`. The secret itself
   // never appears in an error.
+  // A path named in the config file is relative to that file.
+  std::filesystem::path ResolvePath(const std::string& name) const {
+    std::filesystem::path path(name);
+    if (path.is_relative() && file_.front() != '<') path = std::filesystem::path(file_).parent_path() / path;
+    return path;
+  }
+
   void GetSecret(std::string_view key, std::string_view file_key, std::string& out, bool required = true) {
     std::string path_text;
     Get(key, out);
@@ -119,8 +126,7 @@ class TableReader {
       return;
     }
     if (path_text.empty()) return;
-    std::filesystem::path path(path_text);
-    if (path.is_relative() && file_.front() != '<') path = std::filesystem::path(file_).parent_path() / path;
+    const std::filesystem::path path = ResolvePath(path_text);
     std::ifstream in(path);
     std::stringstream text;
     text << in.rdbuf();
@@ -248,10 +254,10 @@ void ReadFolders(TableReader& r, const toml::table& t, std::vector<std::string>&
   if (!ok) r.Fail(*node, "folders", "must be a non-empty array of folder names (no tabs or line breaks)");
 }
 
-// The [[<section>.mailbox]] tables: calls read(reader, table) for each; an entry that is not an
+// The [[<name>.mailbox]] tables: calls read(reader, table) for each; an entry that is not an
 // array of tables is an error.
 template <typename ReadOne>
-void ReadMailboxTables(TableReader& section, const toml::table& table, std::string_view name, ReadOne read) {
+void ReadMailboxList(TableReader& section, const toml::table& table, std::string_view name, ReadOne& read) {
   section.MarkKnown("mailbox");
   const toml::node* list = table.get("mailbox");
   if (list == nullptr) return;
@@ -265,6 +271,37 @@ void ReadMailboxTables(TableReader& section, const toml::table& table, std::stri
     TableReader m(t, section.file(), fmt::format("{}.mailbox[{}].", name, index++), section.errors());
     read(m, t);
     m.RejectUnknown();
+  }
+}
+
+// The [[<name>.mailbox]] tables of section [<name>] and, when it names a mailboxes_file, those of
+// that file's [<name>] section (credentials may live in a separate, root-only file; paths in it
+// are relative to it). Only [[<name>.mailbox]] tables are allowed in that file.
+template <typename ReadOne>
+void ReadMailboxTables(TableReader& section, const toml::table& table, std::string_view name, ReadOne read) {
+  ReadMailboxList(section, table, name, read);
+  std::string mailboxes_file;
+  section.Get("mailboxes_file", mailboxes_file);
+  if (mailboxes_file.empty()) return;
+  const std::string path = section.ResolvePath(mailboxes_file).string();
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) {
+    section.Fail(*table.get("mailboxes_file"), "mailboxes_file", "cannot read " + path);
+    return;
+  }
+  try {
+    const toml::table root = toml::parse(text.str(), path);
+    TableReader file_top(root, path, "", section.errors());
+    if (const toml::table* inner = file_top.Subtable(name)) {
+      TableReader file_section(*inner, path, std::string(name) + ".", section.errors());
+      ReadMailboxList(file_section, *inner, name, read);
+      file_section.RejectUnknown();
+    }
+    file_top.RejectUnknown();
+  } catch (const toml::parse_error& e) {
+    section.errors().push_back(fmt::format("{}:{}: {}", path, e.source().begin.line, e.description()));
   }
 }
 
@@ -347,6 +384,10 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
   ReadMailboxTables(r, *table, "imap", [&](TableReader& m, const toml::table& t) {
     net::ImapMailboxConfig mailbox;
     m.Get("name", mailbox.name);
+    m.Get("user_id", mailbox.user_id);
+    std::string backfill = "at_start";
+    m.GetChoice("backfill", backfill, {"at_start", "on_request"});
+    mailbox.backfill_at_start = backfill == "at_start";
     m.Get("host", mailbox.host);
     std::string tls = "implicit";
     m.GetChoice("tls", tls, {"none", "implicit", "starttls"});
@@ -357,15 +398,48 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
     m.Get("verify_peer", mailbox.verify_peer);
     m.Get("ca_file", mailbox.ca_file);
     m.Get("user", mailbox.user);
-    m.GetChoice("auth", mailbox.auth, {"login", "plain"});
-    m.GetSecret("password", "password_file", mailbox.password);
+    m.GetChoice("auth", mailbox.auth, {"login", "plain", "xoauth2"});
+    m.GetSecret("password", "password_file", mailbox.password, /*required=*/false);
+    m.Get("token", mailbox.token);
+    m.Get("token_file", mailbox.token_file);
     std::size_t months = mailbox.months;
     m.GetRange("months", months, 0, 1200);
     mailbox.months = static_cast<unsigned>(months);
     m.Get("idle", mailbox.idle);
+    std::string on_durable = "none";
+    m.GetChoice("on_durable", on_durable, {"none", "seen", "move"});
+    using OnDurable = net::ImapMailboxConfig::OnDurable;
+    mailbox.on_durable = on_durable == "seen" ? OnDurable::kSeen : on_durable == "move" ? OnDurable::kMove : OnDurable::kNone;
+    m.Get("move_to", mailbox.move_to);
+    if (mailbox.on_durable == OnDurable::kMove &&
+        (mailbox.move_to.empty() || mailbox.move_to.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)) {
+      m.Fail(t.get("on_durable") != nullptr ? *t.get("on_durable") : t, "move_to",
+             "on_durable = \"move\" needs move_to, a folder name without line breaks");
+    }
     ReadFolders(m, t, mailbox.folders);
     if (mailbox.host.empty()) m.Fail(t, "host", "is required");
     if (mailbox.user.empty()) m.Fail(t, "user", "is required");
+    if (mailbox.auth == "xoauth2") {
+      if (!mailbox.password.empty()) {
+        m.Fail(t, "password", "auth = \"xoauth2\" takes token or token_file, not a password");
+      }
+      if (mailbox.token.empty() == mailbox.token_file.empty()) {
+        m.Fail(t, "token", "auth = \"xoauth2\" needs exactly one of token and token_file");
+      } else if (!mailbox.token_file.empty()) {
+        mailbox.token_file = m.ResolvePath(mailbox.token_file).string();  // read again before every connection
+        std::ifstream in(mailbox.token_file);
+        if (!in || in.peek() == std::ifstream::traits_type::eof()) {
+          m.Fail(*t.get("token_file"), "token_file", "cannot read a token from " + mailbox.token_file);
+        }
+      }
+      if (mailbox.token.find_first_of(std::string_view("\r\n\x01\0", 4)) != std::string::npos) {
+        m.Fail(t, "token", "must not contain line breaks, ^A or NUL");
+      }
+    } else if (!mailbox.token.empty() || !mailbox.token_file.empty()) {
+      m.Fail(t, "token", "token and token_file go with auth = \"xoauth2\"");
+    } else if (mailbox.password.empty()) {
+      m.Fail(t, "password", "give exactly one of password and password_file");
+    }
     // LOGIN sends both as quoted strings, which cannot carry line breaks (the secret is not echoed).
     if (mailbox.user.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
       m.Fail(t, "user", "must not contain line breaks or NUL");
@@ -375,6 +449,10 @@ void ReadImap(TableReader& top, DaemonConfig& config) {
     }
     if (mailbox.name.empty()) mailbox.name = mailbox.user + "@" + mailbox.host;
     CheckMailboxName(m, t, mailbox.name, mailbox.folders, ids);
+    if (mailbox.user_id.empty()) mailbox.user_id = mailbox.name;
+    if (mailbox.user_id.find_first_of(std::string_view("\t\r\n/\0", 5)) != std::string::npos) {
+      m.Fail(t.get("user_id") != nullptr ? *t.get("user_id") : t, "user_id", "must not contain '/', tabs, line breaks or NUL");
+    }
     imap.mailboxes.push_back(std::move(mailbox));
   });
   r.RejectUnknown();
@@ -416,6 +494,14 @@ void ReadGraph(TableReader& top, DaemonConfig& config) {
     mailbox.months = static_cast<unsigned>(months);
     ReadFolders(m, t, mailbox.folders);
     if (mailbox.user_id.empty()) m.Fail(t, "user_id", "is required");
+    // A sync job (/api/v1/email-sync/<user_id>) drives one source: the user is found in one of them.
+    for (const net::ImapMailboxConfig& imap : config.imap.mailboxes) {
+      if (!mailbox.user_id.empty() && imap.user_id == mailbox.user_id) {
+        m.Fail(*t.get("user_id"), "user_id",
+               fmt::format("'{}' is also the user_id of IMAP mailbox '{}'", mailbox.user_id, imap.name));
+        break;
+      }
+    }
     if (mailbox.name.empty()) mailbox.name = mailbox.user_id;
     CheckMailboxName(m, t, mailbox.name, mailbox.folders, ids);
     graph.mailboxes.push_back(std::move(mailbox));
@@ -611,6 +697,14 @@ base::Result<DaemonConfig> ParseConfig(std::string_view text, const std::string&
   ReadImap(top, config);
   ReadGraph(top, config);
   ReadAttachments(top, config.attachments);
+  if (const toml::table* t = top.Subtable("sync")) {
+    TableReader r(*t, file, "sync.", errors);
+    std::size_t interval_s = static_cast<std::size_t>(config.sync.incremental_interval.count());
+    r.GetRange("incremental_interval_s", interval_s, 1, 7 * 24 * 3600);
+    config.sync.incremental_interval = std::chrono::seconds(interval_s);
+    r.GetRange("history_per_user", config.sync.history_per_user, 1, 100'000);
+    r.RejectUnknown();
+  }
   if (const toml::table* t = top.Subtable("shutdown")) {
     TableReader r(*t, file, "shutdown.", errors);
     std::size_t ms = static_cast<std::size_t>(config.drain_deadline.count());

@@ -79,6 +79,12 @@ struct DaemonConfig {
   // source.checkpoint_path is <data_dir>/imap.checkpoint; max_message_bytes is set by the daemon.
   net::ImapSourceConfig imap;
 
+  // [sync]: per-mailbox sync jobs (net::SyncJobManager), journal <data_dir>/sync_jobs.journal.
+  struct Sync {
+    std::chrono::seconds incremental_interval{1800};
+    std::size_t history_per_user = 100;
+  } sync;
+
   // [graph] and [[graph.mailbox]]: Microsoft Graph mailboxes (none by default).
   // checkpoint_path is <data_dir>/graph.checkpoint; max_message_bytes is set by the daemon.
   net::GraphSourceConfig graph;

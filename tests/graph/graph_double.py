@@ -119,7 +119,7 @@ class GraphDouble:
         self.in_flight = {}    # user -> requests being served
         self.recent = {}       # user -> deque of arrival times within the rate window
         self.faults = {}       # user -> [(status, retry_after)]
-        self.log = []          # dicts: user, kind, start, end, status, retry_after, path
+        self.log = []          # dicts: user, kind, start, end, status, retry_after, path [, client_gone]
         self.violations = {"concurrency": 0, "rate": 0}
         self.token_requests = 0
         self.server = None
@@ -249,6 +249,7 @@ class GraphDouble:
             over_rate = len(recent) > self.rate
             fault = self.faults[user].pop(0) if self.faults.get(user) else None
             expiry = self.tokens.get(h.headers.get("Authorization", "")[len("Bearer "):])
+        status = None  # stays None when the client hangs up before the answer is sent (a killed daemon)
         try:
             if self.latency:
                 time.sleep(self.latency)  # service time of the simulated server, not a synchronisation
@@ -273,6 +274,8 @@ class GraphDouble:
                            else "InternalServerError", "injected fault", headers)
             else:
                 status = self.serve(h, user, rest, url)
+        except (BrokenPipeError, ConnectionResetError):
+            entry["client_gone"] = True
         finally:
             with self.lock:
                 self.in_flight[user] -= 1

@@ -9,52 +9,77 @@ Dovecot and the daemon are stopped by PID. Every wait polls for an event with a 
 
     imap_dovecot_test.py MAILRAIL_BIN
 """
+import http.server
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 import unittest
+import urllib.parse
 
-from dovecot import PASSWORD, Dovecot  # PASSWORD must never show up in the daemon's output
+import dovecot
+# PASSWORD must never show up in the daemon's output (DovecotDaemonTestCase checks).
+from dovecot import Daemon, Dovecot, DovecotDaemonTestCase, PASSWORD, ids, message, wait_until
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
-from mailrail_daemon import DaemonTestCase, MailrailDaemon, checkpoint_rows, wait_until, write_config  # noqa: E402,E501
-
-BIN = sys.argv.pop(1)
-
-
-def message(tag, i):
-    return (f"From: Sender {i} <s{i}@example.com>\r\nTo: ops@corp.example\r\nSubject: {tag} {i}\r\n"
-            f"Date: Mon, 4 May 2026 10:00:00 +0000\r\nMessage-ID: <{tag}-{i}@imap.test>\r\n\r\n"
-            f"body of {tag} {i}\r\n" + "x" * (i * 37 % 900) + "\r\n").encode()
+BIN = dovecot.BIN[0] = sys.argv.pop(1)
 
 
-class Daemon(MailrailDaemon):
-    def __init__(self, tmp, mailboxes, imap_extra=""):
-        super().__init__(BIN, os.path.join(tmp, "mailrail.toml"), os.path.join(tmp, "stats.sock"),
-                         os.path.join(tmp, "data", "records.jsonl"))
-        self.tmp = tmp
-        self.checkpoint_path = os.path.join(tmp, "data", "imap.checkpoint")
-        write_config(self.config, tmp, self.stats_path, "[http]\nport = 0", "imap",
-                     f"backoff_base_ms = 50\nbackoff_max_ms = 400\n{imap_extra}", mailboxes)
-        self.start()
+class Introspection:
+    """An OAuth2 token introspection endpoint (RFC 7662 style, as Dovecot's oauth2 passdb calls it
+    with introspection_mode = post): a token in `valid` is active for user alice. Records every
+    token it was asked about in `seen`."""
 
-    def checkpoint(self):
-        return {key: (int(validity), int(uid)) for validity, uid, key in checkpoint_rows(self.checkpoint_path)}
+    def __init__(self):
+        owner = self
+        self.valid = set()
+        self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                token = urllib.parse.parse_qs(body).get("token", [""])[0]
+                owner.seen.append(token)
+                answer = {"active": True, "username": "alice"} if token in owner.valid else {"active": False}
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/introspect"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
-def ids(tag, n, start=0):
-    return [f"{tag}-{i}@imap.test" for i in range(start, start + n)]  # the record drops the <>
+def write_atomically(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
 
 
-class ImapDovecotTest(DaemonTestCase):
-    tmp_prefix = "mailrail-imap-"
+def wal_message_ids(wal_dir):
+    """Message ids whose raw message is anywhere in the WAL's segment files."""
+    found = []
+    for name in sorted(os.listdir(wal_dir)):
+        with open(os.path.join(wal_dir, name), "rb") as f:
+            found += [m.decode() for m in re.findall(rb"Message-ID: <([^>]+)>", f.read())]
+    return found
 
-    def secrets(self):
-        return [PASSWORD]
 
+class ImapDovecotTest(DovecotDaemonTestCase):
     def test_backfill_idle_restarts_and_uidvalidity(self):
         dv = self.serve(Dovecot(self.tmp, ["alice"]))
         dv.start()
@@ -124,6 +149,106 @@ class ImapDovecotTest(DaemonTestCase):
         wait_until(lambda: {x["outcome"]: x["value"] for x in d.stats()["messages_final"]}.get("duplicate", 0) >= 5,
                    20, "the 5 resynced Archive messages to be counted as duplicates")
         self.assert_once(d.message_ids(), expected)
+        self.assertEqual(d.stop(), 0)
+
+    def test_seen_and_move_only_after_durable(self):
+        dv = self.serve(Dovecot(self.tmp, ["erin", "frank"]))
+        dv.start()
+        big = 300
+        dv.seed_maildir("erin", [message("erin", i) for i in range(big)])
+        dv.append("frank", "INBOX", [message("frank", i) for i in range(20)])
+        dv.append("frank", "Archive", [])  # creates the destination folder
+        plain = {"host": "127.0.0.1", "port": dv.port, "tls": "none", "password": PASSWORD}
+        mailboxes = [{**plain, "name": "erin", "user": "erin", "on_durable": "seen"},
+                     {**plain, "name": "frank", "user": "frank", "on_durable": "move", "move_to": "Archive"}]
+        # A slow WAL (a commit every 300 ms) and at most 16 messages in the pipeline: at any moment
+        # fetched messages wait for the WAL.
+        d = self.daemon = Daemon(self.tmp, mailboxes, wal_linger_us=300_000, extra="[limits]\nin_flight_messages = 16",
+                                 imap_extra="fetch_batch = 10\npipeline_depth = 1")
+        wait_until(lambda: dv.message_ids("erin", "INBOX", "SEEN"), 60, "a first \\Seen message")
+        fetched = d.stats()["imap_messages"]
+        d.kill()
+        # Everything flagged at the kill is in the WAL (the flag is sent only after the commit) ...
+        seen = set(dv.message_ids("erin", "INBOX", "SEEN"))
+        in_wal = set(wal_message_ids(os.path.join(self.tmp, "data", "wal")))
+        self.assertTrue(seen)
+        self.assertEqual(seen - in_wal, set(), "a message was flagged \\Seen before its WAL record existed")
+        # ... while fetched messages were still waiting for it (else the check above proves nothing).
+        self.assertLess(len(in_wal), fetched, "every fetched message was durable at the kill: no window tested")
+        self.assertLess(len(seen), big)
+
+        # Restarted: every message arrives, every one ends \Seen (durable ones the STORE missed are
+        # caught up after SELECT), frank's are moved to Archive and gone from INBOX.
+        d.start()
+        d.wait_ids(ids("erin", big) + ids("frank", 20), timeout=90)
+        wait_until(lambda: len(dv.message_ids("erin", "INBOX", "SEEN")) == big, 30, "every erin message \\Seen")
+        wait_until(lambda: not dv.message_ids("frank", "INBOX", "ALL"), 30, "frank's INBOX emptied")
+        self.assertEqual(sorted(dv.message_ids("frank", "Archive", "ALL")), sorted(ids("frank", 20)))
+        self.assertEqual(d.stop(), 0)
+
+    def test_xoauth2_with_a_rotated_token_file(self):
+        introspection = Introspection()
+        self.addCleanup(introspection.close)
+        introspection.valid = {"tok-one-ABCDEF"}
+        dv = self.serve(Dovecot(self.tmp, ["alice"], oauth2_introspection_url=introspection.url))
+        dv.start()
+        dv.append("alice", "INBOX", [message("oauth", i) for i in range(3)])
+        token_file = os.path.join(self.tmp, "alice.token")
+        write_atomically(token_file, "tok-one-ABCDEF\n")
+        d = self.daemon = Daemon(self.tmp, [{"name": "alice", "host": "127.0.0.1", "port": dv.port, "tls": "none",
+                                             "user": "alice", "auth": "xoauth2", "token_file": token_file}])
+        d.wait_ids(ids("oauth", 3))
+        self.assertIn("tok-one-ABCDEF", introspection.seen)
+
+        # The token is rotated on disk and the old one revoked; the next connection uses the new one.
+        introspection.valid = {"tok-two-GHIJKL"}
+        write_atomically(token_file, "tok-two-GHIJKL\n")
+        dv.stop()
+        d.wait_for("imap_disconnected")
+        dv.start()
+        dv.append("alice", "INBOX", [message("rotated", i) for i in range(2)])
+        d.wait_ids(ids("rotated", 2))
+        self.assertIn("tok-two-GHIJKL", introspection.seen)
+
+        # Revoked before the file changes: refused (retried with backoff) until the file is rotated.
+        introspection.valid = {"tok-three-MNOPQR"}
+        dv.stop()
+        d.wait_for("imap_disconnected")
+        dv.start()
+        refused = d.wait_for("imap_disconnected", code="imap_refused")
+        self.assertIn("AUTHENTICATE XOAUTH2 refused", refused["error"])
+        write_atomically(token_file, "tok-three-MNOPQR\n")
+        dv.append("alice", "INBOX", [message("after-refusal", i) for i in range(2)])
+        got = d.wait_ids(ids("oauth", 3) + ids("rotated", 2) + ids("after-refusal", 2))
+        self.assertEqual(len(got), 7)
+        self.assertRegex(dv.log(full=True), r"Login: user=<alice>, method=XOAUTH2")
+        self.assertEqual(d.stop(), 0)
+        log = "".join(d.log)
+        for token in ("tok-one", "tok-two", "tok-three"):
+            self.assertNotIn(token, log, "a token leaked into the log")
+
+    def test_every_resolved_address_is_tried(self):
+        """`localhost` resolving to ::1 then 127.0.0.1 (a hosts file bind-mounted over /etc/hosts in
+        the daemon's own mount namespace) while Dovecot listens on 127.0.0.1 only."""
+        hosts = os.path.join(self.tmp, "hosts")
+        with open(hosts, "w") as f:
+            f.write("::1 localhost\n127.0.0.1 localhost\n")
+        prefix = ["unshare", "--mount", "sh", "-c", f'mount --bind {hosts} /etc/hosts && exec "$0" "$@"']
+        probe = subprocess.run(prefix + ["getent", "ahosts", "localhost"], capture_output=True, text=True, timeout=10)
+        if probe.returncode != 0:
+            self.skipTest(f"no private mount namespace here: {probe.stderr.strip()}")
+        self.assertTrue(probe.stdout.startswith("::1"), probe.stdout)
+        dv = self.serve(Dovecot(self.tmp, ["alice"]))
+        dv.start()
+        dv.append("alice", "INBOX", [message("multi", i) for i in range(4)])
+        d = self.daemon = Daemon(self.tmp, [{"name": "alice", "host": "localhost", "port": dv.port, "tls": "none",
+                                             "user": "alice", "password": PASSWORD}], prefix=prefix)
+        failed = d.wait_for("imap_connect_failed")
+        self.assertEqual(failed["address"], "::1")
+        self.assert_once(d.wait_ids(ids("multi", 4)), ids("multi", 4))
+        stats = d.stats()
+        self.assertEqual(stats["imap_connect_fallbacks"], 1)
+        self.assertEqual(stats["imap_disconnects"], 0, "the refused address cost a backoff")
         self.assertEqual(d.stop(), 0)
 
     def test_tls_starttls_plain_auth_and_connection_limit(self):
@@ -238,6 +363,24 @@ class ImapDovecotTest(DaemonTestCase):
                          f"{bad}:14: imap.mailbox[1].bogus: unknown key"):
             self.assertIn(expected, out.stderr)
         self.assertNotIn("p1", out.stderr.replace("imap.", "").replace(self.tmp, ""))  # the temp name may hold "p1"
+
+        # The keys of sync jobs, acknowledgements and XOAUTH2, in a separate mailboxes file.
+        mailboxes = os.path.join(self.tmp, "mailboxes.toml")
+        with open(mailboxes, "w") as f:
+            f.write('[[imap.mailbox]]\nname = "a"\nhost = "h"\nuser = "a"\npassword = "p"\non_durable = "move"\n'
+                    'backfill = "later"\n'
+                    '[[imap.mailbox]]\nname = "b"\nuser_id = "a"\nhost = "h"\nuser = "b"\nauth = "xoauth2"\n'
+                    'password = "p"\n')
+        with open(bad, "w") as f:
+            f.write(f'[imap]\nmailboxes_file = "{mailboxes}"\n[sync]\nincremental_interval_s = 0\n')
+        out = subprocess.run([BIN, "run", "--config", bad], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 2, out.stderr)
+        for expected in (f"{bad}:4: sync.incremental_interval_s: must be between 1 and 604800",
+                         f"{mailboxes}:6: imap.mailbox[0].move_to: on_durable = \"move\" needs move_to",
+                         f"{mailboxes}:7: imap.mailbox[0].backfill: must be one of at_start, on_request",
+                         "imap.mailbox[1].password: auth = \"xoauth2\" takes token or token_file, not a password",
+                         "imap.mailbox[1].token: auth = \"xoauth2\" needs exactly one of token and token_file"):
+            self.assertIn(expected, out.stderr)
 
         data = os.path.join(self.tmp, "data")
         os.makedirs(data)

@@ -33,6 +33,22 @@ class RecordingService final : public ControlService {
     // Answered from another thread, as the daemon's reloader does.
     std::thread([reply = std::move(reply), answer = reload_answer] { reply(answer); }).join();
   }
+  ControlReply StartSyncJob(std::string_view user_id, unsigned months) override {
+    sync_calls.push_back("start " + std::string(user_id) + " " + std::to_string(months));
+    return {200, R"({"message":"Email sync started"})"};
+  }
+  ControlReply SyncJobStatus(std::string_view user_id) override {
+    sync_calls.push_back("status " + std::string(user_id));
+    return {404, R"({"detail":"no sync job found for this user"})"};
+  }
+  ControlReply SyncJobHistory(std::string_view user_id, std::size_t limit) override {
+    sync_calls.push_back("history " + std::string(user_id) + " " + std::to_string(limit));
+    return {200, R"({"jobs":[]})"};
+  }
+  ControlReply SyncJobStats() override {
+    sync_calls.push_back("stats");
+    return {200, R"({"total_jobs":0})"};
+  }
   HealthReport Health() override { return health; }
   std::string Metrics() override { return "# TYPE mailrail_messages_total counter\nmailrail_messages_total 7\n"; }
 
@@ -41,6 +57,7 @@ class RecordingService final : public ControlService {
   std::string last_reason;
   HealthReport health;
   int reloads = 0;
+  std::vector<std::string> sync_calls;
   ControlReply reload_answer{200, R"({"status":"reloaded","version":2,"rules":3,"thresholds":0})"};
 };
 
@@ -147,6 +164,28 @@ TEST_F(ControlApiTest, MetricsAreValidPrometheusTextWithNetCounters) {
   EXPECT_GT(samples, 10);
 }
 
+TEST_F(ControlApiTest, SyncJobRoutesDecodeTheUserAndValidateTheQuery) {
+  const std::uint16_t port = harness_.port();
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("POST", "/api/v1/email-sync/start/user%40corp?months=3"))), 200);
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("POST", "/api/v1/email-sync/start/u-1"))), 200);  // months 6
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("GET", "/api/v1/email-sync/status/u-1"))), 404);
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("GET", "/api/v1/email-sync/history/u-1?limit=2"))), 200);
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("GET", "/api/v1/email-sync/history/u-1"))), 200);  // limit 10
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("GET", "/api/v1/email-sync/stats"))), 200);
+  const std::vector<std::string> expected{"start user@corp 3", "start u-1 6", "status u-1", "history u-1 2",
+                                          "history u-1 10", "stats"};
+  EXPECT_EQ(service_.sync_calls, expected);
+  // Bad input never reaches the service.
+  for (const char* bad : {"/api/v1/email-sync/start/u-1?months=0", "/api/v1/email-sync/start/u-1?months=121",
+                          "/api/v1/email-sync/start/u-1?months=six", "/api/v1/email-sync/start/",
+                          "/api/v1/email-sync/start/a%2Fb", "/api/v1/email-sync/start/a%zz"}) {
+    EXPECT_EQ(FirstStatus(Exchange(port, Request("POST", bad))), 400) << bad;
+  }
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("GET", "/api/v1/email-sync/history/u-1?limit=0"))), 400);
+  EXPECT_EQ(FirstStatus(Exchange(port, Request("GET", "/api/v1/email-sync/start/u-1"))), 405);
+  EXPECT_EQ(service_.sync_calls.size(), expected.size());
+}
+
 class ControlApiAuthTest : public ControlApiTest {
  protected:
   ControlApiAuthTest() : ControlApiTest("s3cret") {}
@@ -164,6 +203,10 @@ TEST_F(ControlApiAuthTest, BearerTokenIsRequiredOnControlRoutes) {
   EXPECT_EQ(service_.reloads, 0);
   EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("POST", "/rules/reload", "", "s3cret"))), 200);
   EXPECT_EQ(service_.reloads, 1);
+  EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("POST", "/api/v1/email-sync/start/u-1"))), 401);
+  EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("GET", "/api/v1/email-sync/stats", "", "wrong!"))), 401);
+  EXPECT_TRUE(service_.sync_calls.empty());
+  EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("GET", "/api/v1/email-sync/stats", "", "s3cret"))), 200);
   // Health stays open for load balancers.
   EXPECT_EQ(FirstStatus(Exchange(harness_.port(), Request("GET", "/health"))), 200);
 }

@@ -60,7 +60,7 @@ class GraphSourceTest : public ::testing::Test {
 
   GraphMailboxProgress ProgressOf(std::string_view user) {
     GraphMailboxProgress copy;
-    loop_.Call([&] { copy = *source_->Progress(user); });
+    loop_.Call([&] { copy = *source_->MailboxProgress(user); });
     return copy;
   }
 
@@ -128,18 +128,53 @@ TEST_F(GraphSourceTest, BackfillThenControlMethodsAndCheckpoint) {
 
   // A backfill restarts the delta from scratch: every message again (dedup's job downstream),
   // with the progress counted afresh.
-  base::Status missing = base::OkStatus(), started = base::OkStatus();
+  bool missing = true, started = false;
   loop_.Call([&] {
-    missing = source_->StartBackfill("nobody", 3);
-    started = source_->StartBackfill("user0", 0);
+    missing = source_->StartBackfill("nobody", 3, /*resume=*/false);
+    started = source_->StartBackfill("user0", 0, /*resume=*/false);
   });
   EXPECT_FALSE(missing);
-  ASSERT_TRUE(started) << started.error().message;
+  ASSERT_TRUE(started);
   WaitCaughtUp(kMessages);
   EXPECT_EQ(ProgressOf("user0").messages_found, static_cast<std::uint64_t>(kMessages));
+  // The sync-job view of the same run: every message found, durable and (terminal LSN beyond all)
+  // settled; none before the terminal stage reports them.
+  MailboxSyncProgress run, unsettled;
+  loop_.Call([&] {
+    unsettled = source_->Progress("user0", 0);
+    run = source_->Progress("user0", UINT64_MAX);
+  });
+  EXPECT_TRUE(unsettled.started);
+  EXPECT_FALSE(unsettled.done);
+  EXPECT_EQ(unsettled.settled, 0u);
+  EXPECT_TRUE(run.done);
+  EXPECT_EQ(run.found, static_cast<std::uint64_t>(kMessages));
+  EXPECT_EQ(run.durable, static_cast<std::uint64_t>(kMessages));
+  EXPECT_EQ(run.settled, static_cast<std::uint64_t>(kMessages));
+  EXPECT_EQ(run.failed, 0u);
+  // An incremental run starts afresh: not done before its round answered, then done with nothing
+  // new found (the delta link returns an empty page).
+  MailboxSyncProgress incremental_start;
+  loop_.Call([&] {
+    EXPECT_TRUE(source_->SyncNow("user0"));
+    incremental_start = source_->Progress("user0", UINT64_MAX);
+  });
+  EXPECT_FALSE(incremental_start.started);
+  EXPECT_FALSE(incremental_start.done);
+  const auto run_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  MailboxSyncProgress incremental;
+  while (std::chrono::steady_clock::now() < run_deadline) {
+    loop_.Call([&] { incremental = source_->Progress("user0", UINT64_MAX); });
+    if (incremental.done) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // poll interval of a bounded wait
+  }
+  EXPECT_TRUE(incremental.done);
+  EXPECT_EQ(incremental.found, 0u);
+  EXPECT_EQ(incremental.durable, 0u);
   EXPECT_EQ(consumer_.seen().size(), 2u * kMessages);
   EXPECT_EQ(source_->stats().delta_restarts.value(), 1u);
-  EXPECT_EQ(source_->stats().pages.value(), 5u + 1u + 5u);  // ceil(30 / 7) per full round; the incremental one is empty
+  // ceil(30 / 7) per full round; the two incremental rounds are one empty page each.
+  EXPECT_EQ(source_->stats().pages.value(), 5u + 1u + 5u + 1u);
   EXPECT_EQ(source_->stats().token_refreshes.value(), 1u);
 
   // Shutdown, then the checkpoint: the folder's delta link.

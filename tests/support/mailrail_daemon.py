@@ -1,7 +1,8 @@
 """Drives the real `mailrail run` for the Python tests and benchmarks: writes nothing itself (the
 caller gives the config file), starts the binary, reads its JSON log in a thread, and offers
-bounded waits on log events, on the JSONL sink's message ids and on the stats socket. The daemon
-is stopped by PID (SIGTERM to drain, SIGKILL to crash)."""
+bounded waits on log events, on the JSONL sink's message ids and on the stats socket, and calls the
+control API. The daemon is stopped by PID (SIGTERM to drain, SIGKILL to crash). Used by the IMAP,
+sync-job and Graph tests and the benchmarks."""
 import json
 import queue
 import shutil
@@ -12,20 +13,29 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 
-def write_config(path, tmp, stats_path, head, section, section_text, mailboxes):
-    """A daemon config for the tests: data in tmp/data, HTTP on a free port, JSON log, a 1 ms WAL
-    linger, `head` (more top-level tables), then [section] with `section_text` and one
+def write_config(path, tmp, stats_path, head, section, section_text, mailboxes, wal_linger_us=1000):
+    """A daemon config for the tests: data in tmp/data, JSON log, a WAL linger of wal_linger_us
+    (1 ms), `head` (more top-level tables, e.g. [http]), then [section] with `section_text` and one
     [[section.mailbox]] table per dict of `mailboxes`."""
     with open(path, "w") as f:
         f.write(f'data_dir = "{tmp}/data"\n[stats]\nsocket = "{stats_path}"\n[log]\nformat = "json"\n'
-                f'[wal]\nmax_linger_us = 1000\n{head}\n[{section}]\n{section_text}\n')
+                f'[wal]\nmax_linger_us = {wal_linger_us}\n{head}\n[{section}]\n{section_text}\n')
         for mb in mailboxes:
             f.write(f"[[{section}.mailbox]]\n")
             for k, v in mb.items():
                 f.write(f"{k} = {json.dumps(v)}\n")
+
+
+def run_config(binary, path, text, timeout=20):
+    """Writes `text` to the config file `path` and runs `mailrail run` on it to its end (for configs
+    the daemon refuses); returns the CompletedProcess."""
+    with open(path, "w") as f:
+        f.write(text)
+    return subprocess.run([binary, "run", "--config", path], capture_output=True, text=True, timeout=timeout)
 
 
 def checkpoint_rows(path):
@@ -49,19 +59,24 @@ def wait_until(predicate, timeout, what):
 
 
 class MailrailDaemon:
-    """The config must set log.format = "json", http.port (0 is fine) and stats.socket."""
+    """The config must set log.format = "json", http.port (0 is fine) and stats.socket. token: the
+    config's http.bearer_token, sent by api(). prefix: a command the daemon is exec'ed from (same
+    PID), e.g. to give it its own /etc/hosts."""
 
-    def __init__(self, binary, config, stats_path, records_path):
+    def __init__(self, binary, config, stats_path, records_path, token="", prefix=()):
         self.binary = binary
         self.config = config
         self.stats_path = stats_path
         self.records_path = records_path
+        self.token = token
+        self.prefix = list(prefix)
         self.log = []
 
     def start(self):
         """Starts the daemon; events are read from its log in a thread (one queue per process)."""
         self.events = queue.Queue()
-        self.proc = subprocess.Popen([self.binary, "run", "--config", self.config], stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.prefix + [self.binary, "run", "--config", self.config], stderr=subprocess.PIPE,
+                                     text=True)
         self.reader = threading.Thread(target=self._read, args=(self.proc, self.events), daemon=True)
         self.reader.start()
         self.http = self.wait_for("started")["http"]
@@ -73,7 +88,22 @@ class MailrailDaemon:
             return r.status, json.loads(r.read() or b"null")
 
     def trigger_polling(self):
-        return self.post("/polling/trigger")
+        return self.api("POST", "/polling/trigger")
+
+    def api(self, method, path, token=None):
+        """(status, parsed JSON body) of a control API request with the daemon's bearer token (or
+        `token`); error statuses are returned, not raised."""
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            return self.post(path, headers=headers) if method == "POST" else self._get(path, headers)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def _get(self, path, headers):
+        request = urllib.request.Request(f"http://{self.http}{path}", method="GET", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
 
     def _read(self, proc, events):
         for line in proc.stderr:
