@@ -413,6 +413,16 @@ void WalWriter::CompleteInflight() {
   stats_.durable_lsn.store(durable_lsn_, std::memory_order_relaxed);
   stats_.commit_latency_ns.Record(static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - g.submitted).count()));
+  // The log is read again only after a restart: the group's pages, clean now, leave the page cache
+  // instead of pushing out what the pipeline still needs (a replay writes as much WAL as it reads).
+  // The partial page at the end of a part stays (the next group appends to it).
+  if (config_.sync == WalConfig::Sync::kData) {
+    for (std::size_t i = 0; i < g.part_count; ++i) {
+      const Part& part = g.parts[i];
+      ::posix_fadvise(part.fd, static_cast<off_t>(part.file_offset), static_cast<off_t>(part.end - part.begin),
+                      POSIX_FADV_DONTNEED);
+    }
+  }
   for (int fd : g.close_after) ::close(fd);
   g.close_after.clear();
   g.used = 0;
