@@ -12,6 +12,7 @@
 //   the Topology then closes its outputs, so end-of-stream flows down the pipeline.
 
 #include <chrono>
+#include <cstdint>
 #include <cstddef>
 #include <span>
 #include <string_view>
@@ -23,6 +24,11 @@
 namespace mailrail::engine {
 
 using Clock = std::chrono::steady_clock;
+
+// Clock::now() as nanoseconds: the stamps messages carry for their latency.
+inline std::int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
 
 class Stage {
  public:

@@ -8,13 +8,6 @@
 #include "stages/record_json.h"
 
 namespace mailrail::net {
-namespace {
-
-std::int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(engine::Clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
 
 base::Result<std::unique_ptr<HttpForwardStage>> HttpForwardStage::Create(HttpForwardConfig config,
                                                                          engine::Channel<stages::Message*>* in,
@@ -66,7 +59,7 @@ bool HttpForwardStage::HandOver() {
     const std::size_t taken = client_->Append(records_);
     for (std::size_t i = 0; i < taken; ++i) {
       const PendingItem& item = pending_[handed_ + i];
-      in_flight_.push_back({item.lsn, item.accepted_ns, item.raw_bytes});
+      in_flight_.push_back({item.lsn, item.accepted_ns, item.durable_ns, item.raw_bytes});
     }
     if (taken > 0) last_lsn_ = pending_[handed_ + taken - 1].lsn;
     handed_ += taken;
@@ -85,10 +78,10 @@ void HttpForwardStage::CollectAcknowledgements(bool final) {
   const std::uint64_t acknowledged = client_->acknowledged_through();
   if (acknowledged > acknowledged_) {
     acknowledged_ = acknowledged;
-    const std::int64_t now_ns = NowNs();
+    const std::int64_t now_ns = engine::NowNs();
     while (!in_flight_.empty() && in_flight_.front().lsn <= acknowledged) {
       const InFlight& r = in_flight_.front();
-      if (r.accepted_ns > 0) latency_ns_.Record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns - r.accepted_ns)));
+      latency_.RecordEnd(r.accepted_ns, r.durable_ns, now_ns);
       base::BumpSingleWriter(counters_.forwarded_bytes, r.raw_bytes);
       in_flight_.pop_front();
     }
@@ -113,9 +106,10 @@ std::size_t HttpForwardStage::RunOnce() {
     n = in_->PopBatch(batch);
     for (std::size_t i = 0; i < n; ++i) {
       stages::Message* msg = batch[i];
-      PendingItem item{msg->lsn, json_.size(), json_.size(), msg->accepted_ns, msg->raw.size()};
+      PendingItem item{msg->lsn, json_.size(), json_.size(), msg->accepted_ns, msg->durable_ns, msg->raw.size()};
       const stages::Outcome outcome = stages::FinalOutcome(*msg);
       if (outcome == stages::Outcome::kForwarded) {
+        latency_.RecordUntilDurable(*msg);
         stages::AppendRecordJson(*msg, json_);
         item.json_end = json_.size();
       } else {
@@ -171,7 +165,7 @@ void HttpForwardStage::Report(engine::Snapshot& s) const {
           "0 closed, 1 open, 2 half-open");
   s.Gauge("forward_buffered_bytes", static_cast<double>(client_->buffered_bytes()), {},
           "record bytes in open, sealed and in-flight batches");
-  ReportOutcomes(counters_, latency_ns_, s);
+  ReportOutcomes(counters_, latency_, s);
 }
 
 }  // namespace mailrail::net

@@ -74,12 +74,14 @@ class HttpForwardStage final : public stages::TerminalStage {
     std::size_t json_begin = 0;  // in json_; json_end == json_begin: settled upstream (Skip)
     std::size_t json_end = 0;
     std::int64_t accepted_ns = 0;
+    std::int64_t durable_ns = 0;
     std::size_t raw_bytes = 0;
   };
   // A record handed to the client and not yet acknowledged: for latency and byte counts.
   struct InFlight {
     std::uint64_t lsn = 0;
     std::int64_t accepted_ns = 0;
+    std::int64_t durable_ns = 0;
     std::size_t raw_bytes = 0;
   };
 
@@ -112,7 +114,7 @@ class HttpForwardStage final : public stages::TerminalStage {
   std::atomic<std::uint64_t> taken_{0};
   std::atomic<std::uint64_t> durable_lsn_{0};
   stages::OutcomeCounters counters_;
-  engine::LatencyHistogram latency_ns_;  // accepted -> acknowledged by the downstream
+  stages::LatencyParts latency_;  // end state: acknowledged by the downstream (or dead-lettered)
 };
 
 }  // namespace mailrail::net

@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "engine/base/check.h"
+#include "engine/stage.h"
 
 namespace mailrail::net {
 namespace {
@@ -210,9 +211,7 @@ void IngestHandler::Enqueue(HttpRequest& request, Responder responder, stages::I
   const auto wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
-  const auto steady_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             std::chrono::steady_clock::now().time_since_epoch())
-                             .count();
+  const std::int64_t steady_ns = engine::NowNs();
   for (std::size_t i = 0; i < count; ++i) {
     stages::Message* m = batch_[i];
     if (items == nullptr) {

@@ -1,6 +1,7 @@
 #include "net/source_outlet.h"
 
 #include "engine/base/counters.h"
+#include "engine/stage.h"
 
 namespace mailrail::net {
 
@@ -24,7 +25,7 @@ bool SourceOutlet::TryHold(std::string& raw, stages::InputKind kind, stages::Sou
   m->source.id.assign(source_id);
   m->source.position = std::move(position);
   m->received_at_ms = base::UnixMs();
-  m->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  m->accepted_ns = engine::NowNs();
   m->ack_sink = source_;
   m->ack_token = ack_token;
   held_.push_back(m);

@@ -25,7 +25,7 @@ void JsonlSink::Report(engine::Snapshot& s) const {
             "messages the stage took from its input");
   s.Gauge("forward_durable_lsn", static_cast<double>(durable_lsn()), {},
           "highest LSN whose outcome is durable downstream (the forward checkpoint)");
-  ReportOutcomes(counters_, latency_ns_, s);
+  ReportOutcomes(counters_, latency_, s);
 }
 
 base::Result<std::unique_ptr<JsonlSink>> JsonlSink::Create(std::string path, engine::Channel<Message*>* in,
@@ -70,19 +70,61 @@ JsonlSink::JsonlSink(std::string path, int fd, engine::Channel<Message*>* in, Me
       sync_interval_(sync_interval),
       last_sync_(engine::Clock::now()) {
   buffer_.reserve(2 * kWriteThreshold);
+  sync_thread_ = std::thread([this] { SyncLoop(); });
 }
 
 engine::Clock::time_point JsonlSink::next_deadline() const {
   // Unsynced work must reach the disk (and the checkpoint) within sync_interval even when idle.
-  return buffered_lsn_ > synced_lsn_ ? last_sync_ + sync_interval_ : engine::Clock::time_point::max();
+  // A sync in flight wakes the thread when it completes.
+  return buffered_lsn_ > requested_lsn_ ? last_sync_ + sync_interval_ : engine::Clock::time_point::max();
 }
 
 JsonlSink::~JsonlSink() {
-  if (!buffer_.empty()) (void)WriteBuffer(true);
+  // A sink stopped before its stream ended still makes durable what it has.
+  if (!buffer_.empty()) (void)WriteBuffer();
+  if (buffered_lsn_ > requested_lsn_) RequestSync();
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  sync_wanted_.notify_one();
+  sync_thread_.join();  // after the last requested sync
   ::close(fd_);
 }
 
-base::Status JsonlSink::WriteBuffer(bool sync) {
+void JsonlSink::RequestSync() {
+  requested_lsn_ = buffered_lsn_;
+  last_sync_ = engine::Clock::now();
+  {
+    std::lock_guard lock(mutex_);
+    sync_request_ = requested_lsn_;
+  }
+  sync_wanted_.notify_one();
+}
+
+void JsonlSink::SyncLoop() {
+  std::uint64_t synced = 0;
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    sync_wanted_.wait(lock, [&] { return stopping_ || sync_request_ > synced; });
+    if (sync_request_ <= synced) return;  // stopping, and every request is done
+    const std::uint64_t lsn = sync_request_;  // later requests coalesce into the next round
+    lock.unlock();
+    // A sink that cannot sync is fatal for this run, as one that cannot write: nothing may be
+    // checkpointed that is not on disk, and the WAL keeps every message for a rerun.
+    if (::fdatasync(fd_) != 0) {
+      fmt::print(stderr, "mailrail: fdatasync {}: {}\n", path_, std::strerror(errno));
+      std::abort();
+    }
+    if (on_durable_) on_durable_(lsn);  // the checkpoint first: durable_lsn() never runs ahead of it
+    durable_lsn_.store(lsn, std::memory_order_release);
+    if (engine::Waiter* waiter = in_->consumer_waiter(); waiter != nullptr) waiter->Notify();
+    synced = lsn;
+    lock.lock();
+  }
+}
+
+base::Status JsonlSink::WriteBuffer() {
   std::size_t done = 0;
   while (done < buffer_.size()) {
     const ssize_t n = ::write(fd_, buffer_.data() + done, buffer_.size() - done);
@@ -93,16 +135,6 @@ base::Status JsonlSink::WriteBuffer(bool sync) {
     done += static_cast<std::size_t>(n);
   }
   buffer_.clear();
-  if (!sync) return base::OkStatus();
-  if (::fdatasync(fd_) != 0) {
-    return base::MakeError("sink.sync", "fdatasync " + path_ + ": " + std::strerror(errno));
-  }
-  last_sync_ = engine::Clock::now();
-  if (buffered_lsn_ > synced_lsn_) {
-    synced_lsn_ = buffered_lsn_;
-    if (on_durable_) on_durable_(synced_lsn_);  // the checkpoint first: durable_lsn() never runs ahead of it
-    durable_lsn_.store(synced_lsn_, std::memory_order_release);
-  }
   return base::OkStatus();
 }
 
@@ -110,10 +142,11 @@ std::size_t JsonlSink::RunOnce() {
   std::array<Message*, 64> batch{};
   const std::size_t n = in_->PopBatch(batch);
   const std::int64_t now_ns =
-      n == 0 ? 0 : std::chrono::duration_cast<std::chrono::nanoseconds>(engine::Clock::now().time_since_epoch()).count();
+      n == 0 ? 0 : engine::NowNs();
   for (std::size_t i = 0; i < n; ++i) {
     Message* msg = batch[i];
-    if (msg->accepted_ns > 0) latency_ns_.Record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns - msg->accepted_ns)));
+    latency_.RecordUntilDurable(*msg);
+    latency_.RecordEnd(msg->accepted_ns, msg->durable_ns, now_ns);
     const Outcome outcome = FinalOutcome(*msg);
     CountOutcome(outcome, counters_);
     if (outcome == Outcome::kForwarded) {
@@ -125,16 +158,18 @@ std::size_t JsonlSink::RunOnce() {
     pool_->Release(msg);
   }
   const bool drained = n == 0 && in_->IsDrained();
-  const bool sync_due = buffered_lsn_ > synced_lsn_ && engine::Clock::now() - last_sync_ >= sync_interval_;
-  if (buffer_.size() >= kWriteThreshold || (n == 0 && !buffer_.empty()) || drained || sync_due) {
+  const bool sync_due =
+      buffered_lsn_ > requested_lsn_ && (drained || engine::Clock::now() - last_sync_ >= sync_interval_);
+  if (buffer_.size() >= kWriteThreshold || (n == 0 && !buffer_.empty()) || sync_due) {
     // A sink that cannot write is fatal for this run: nothing may be counted as forwarded that
     // is not in the file. The error names the file; the WAL keeps every message for a rerun.
-    if (auto status = WriteBuffer(drained || sync_due); !status) {
+    if (auto status = WriteBuffer(); !status) {
       fmt::print(stderr, "mailrail: {}\n", status.error().message);
       std::abort();
     }
   }
-  if (drained) finished_ = true;
+  if (sync_due) RequestSync();
+  if (drained && durable_lsn_.load(std::memory_order_acquire) >= buffered_lsn_) finished_ = true;
   return n;
 }
 

@@ -7,12 +7,21 @@
 //   whose line (or final outcome) is on disk, which is what the forward checkpoint records.
 //   A line torn by a crash (the file does not end in a newline) is cut when the sink opens: it was
 //   never checkpointed, so the restarted pipeline writes it again.
-// Threading: the stage's thread; counters are read by anyone with relaxed loads.
+// Threading: RunOnce on the stage's thread, which only appends (write(2) into the page cache).
+//   The fdatasync and the on_durable callback run on the sink's own sync thread, one sync at a
+//   time, so the stage's thread (on a small machine also ingest's and the WAL's) never waits for
+//   the disk; the sync thread wakes the stage's thread through its input channel's consumer
+//   waiter when a sync completes. Counters are read by anyone with relaxed loads.
+// Memory ordering: durable_lsn_ is stored with release after on_durable returned; the stage reads
+//   it with acquire. The sync request (an LSN) passes under mutex_.
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "engine/base/result.h"
 #include "engine/histogram.h"
@@ -41,7 +50,11 @@ class JsonlSink final : public TerminalStage {
  private:
   JsonlSink(std::string path, int fd, engine::Channel<Message*>* in, MessagePool* pool, DurableCallback on_durable,
             std::chrono::milliseconds sync_interval);
-  base::Status WriteBuffer(bool sync);
+  // Appends the buffer to the file (the page cache).
+  base::Status WriteBuffer();
+  // Asks the sync thread to make everything handled so far durable (if it is not yet asked to).
+  void RequestSync();
+  void SyncLoop();
 
   std::string path_;
   int fd_;
@@ -50,13 +63,19 @@ class JsonlSink final : public TerminalStage {
   std::string buffer_;
   DurableCallback on_durable_;
   std::chrono::milliseconds sync_interval_;
-  engine::Clock::time_point last_sync_{};
-  std::uint64_t buffered_lsn_ = 0;  // highest LSN handled (written or counted)
-  std::uint64_t synced_lsn_ = 0;    // highest LSN covered by the last fdatasync
+  engine::Clock::time_point last_sync_{};  // when the last sync was requested
+  std::uint64_t buffered_lsn_ = 0;   // highest LSN handled (written or counted)
+  std::uint64_t requested_lsn_ = 0;  // highest LSN the sync thread was asked to make durable
   std::atomic<std::uint64_t> durable_lsn_{0};
   bool finished_ = false;
+
+  std::mutex mutex_;
+  std::condition_variable sync_wanted_;
+  std::uint64_t sync_request_ = 0;  // guarded by mutex_: the LSN to make durable next
+  bool stopping_ = false;           // guarded by mutex_
+  std::thread sync_thread_;         // last member: started once everything it uses exists
   OutcomeCounters counters_;
-  engine::LatencyHistogram latency_ns_;  // accepted -> written to the sink
+  LatencyParts latency_;  // end state: written to the sink
 };
 
 }  // namespace mailrail::stages

@@ -78,6 +78,8 @@ struct Message : engine::PoolSlot {
   bool recovered = false;             // re-fed from the WAL at start-up, not newly received
   std::int64_t received_at_ms = 0;    // Unix ms when accepted
   std::int64_t accepted_ns = 0;       // steady clock at acceptance, for end-to-end latency (paced replay: scheduled time)
+  std::int64_t logged_ns = 0;         // steady clock when appended to the WAL (0: recovered, not appended)
+  std::int64_t durable_ns = 0;        // steady clock when the WAL reported it durable (0: as logged_ns)
   Record record;
   engine::Arena arena;
   Outcome outcome = Outcome::kInFlight;
@@ -102,6 +104,8 @@ struct Message : engine::PoolSlot {
     recovered = false;
     received_at_ms = 0;
     accepted_ns = 0;
+    logged_ns = 0;
+    durable_ns = 0;
     record.Clear();
     arena.Reset();
     outcome = Outcome::kInFlight;

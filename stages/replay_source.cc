@@ -321,8 +321,11 @@ bool ReplaySource::EmitPending() {
   // A paced message is accepted at its scheduled time, even when the source runs late (the pool
   // or the ring pushed back): latency then counts the wait that a real sender would have seen
   // (no coordinated omission).
+  // The schedule starts with the first message in hand (the file opened and its first piece
+  // read), as a sender's starts once it is connected.
   engine::Clock::time_point accepted = now;
   if (options_.rate > 0) {
+    if (paced_count_ == 0) start_time_ = now;
     accepted = start_time_ + std::chrono::duration_cast<engine::Clock::duration>(
                                  std::chrono::duration<double>(static_cast<double>(paced_count_) / options_.rate));
   } else if (options_.pace > 0 && m.timestamp_ms) {
@@ -385,7 +388,6 @@ std::size_t ReplaySource::RunOnce() {
     }
     started_ = true;
   }
-  if (start_time_ == engine::Clock::time_point{}) start_time_ = engine::Clock::now();
 
   std::size_t emitted = 0;
   std::size_t work = 0;

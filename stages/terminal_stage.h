@@ -44,13 +44,36 @@ struct OutcomeCounters {
 Outcome FinalOutcome(const Message& msg);
 // Adds one message with `outcome` to the counters (single writer: the terminal stage).
 void CountOutcome(Outcome outcome, OutcomeCounters& counters);
-// Reports outcome counters and the end-to-end latency histogram of a terminal stage.
-void ReportOutcomes(const OutcomeCounters& counters, const engine::LatencyHistogram& latency,
-                    engine::Snapshot& snapshot);
+// The end-to-end latency of the messages a terminal stage finishes (accepted -> end state), and
+// the three parts it splits into, so that a slow tail can be traced to where it waited:
+//   accepted_to_logged  ingest and queueing until appended to the WAL (paced replay: from the
+//                       scheduled send time, so a source falling behind shows here);
+//   logged_to_durable   the WAL group commit (write + fdatasync, and waiting for the group ahead);
+//   durable_to_end      parse, dedup, filter, the rings between them, and the sink or downstream.
+// Messages recovered from the WAL at start-up count end to end only.
+// Threading: single writer, the terminal stage's thread; Report() may run on any thread.
+class LatencyParts {
+ public:
+  // Records the parts up to durability, known once the message reaches the terminal stage.
+  void RecordUntilDurable(const Message& msg);
+  // Records the end state reached at end_ns: end to end, and the part after durability.
+  void RecordEnd(std::int64_t accepted_ns, std::int64_t durable_ns, std::int64_t end_ns);
+  void Report(engine::Snapshot& snapshot) const;
+
+ private:
+  engine::LatencyHistogram end_to_end_;
+  engine::LatencyHistogram accepted_to_logged_;
+  engine::LatencyHistogram logged_to_durable_;
+  engine::LatencyHistogram durable_to_end_;
+};
+
+// Reports outcome counters and the latency histograms of a terminal stage.
+void ReportOutcomes(const OutcomeCounters& counters, const LatencyParts& latency, engine::Snapshot& snapshot);
 
 class TerminalStage : public engine::Stage {
  public:
-  // Called on the stage's thread with the new durable LSN (see the checkpoint contract above).
+  // Called with the new durable LSN (see the checkpoint contract above), on the stage's thread or
+  // on one thread the stage owns (JsonlSink's sync thread): never on two threads at once.
   using DurableCallback = std::function<void(std::uint64_t lsn)>;
 
   std::string_view name() const override { return "forward"; }

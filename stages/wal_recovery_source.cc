@@ -45,9 +45,7 @@ std::size_t WalRecoverySource::RunOnce() {
     msg->source.id.assign(record.source_id);
     msg->source.position.assign(record.position);
     msg->received_at_ms = record.received_at_ms;
-    msg->accepted_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now().time_since_epoch())
-                           .count();
+    msg->accepted_ns = engine::NowNs();
     msg->lsn = view_.header.lsn;
     msg->recovered = true;
     has_view_ = false;

@@ -57,8 +57,10 @@ std::size_t WalStage::ReleaseDurable() {
   std::size_t released = 0;
   const std::size_t mask = pending_.size() - 1;
   for (SinkAcks& s : sink_acks_) s.acks.clear();
+  const std::int64_t now_ns = pending_size_ > 0 && pending_[pending_head_]->lsn <= durable ? engine::NowNs() : 0;
   while (pending_size_ > 0 && pending_[pending_head_]->lsn <= durable) {
     Message* msg = pending_[pending_head_];
+    msg->durable_ns = now_ns;
     pending_head_ = (pending_head_ + 1) & mask;
     --pending_size_;
     if (msg->ack_sink != nullptr) {
@@ -95,6 +97,7 @@ std::size_t WalStage::PassRecovered() {
 
 std::size_t WalStage::AppendHeld(storage::Clock::time_point now) {
   std::size_t appended = 0;
+  const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
   const std::size_t mask = pending_.size() - 1;
   while (held_next_ < held_.size() && pending_size_ < max_pending_) {
     Message* msg = held_[held_next_];
@@ -114,6 +117,7 @@ std::size_t WalStage::AppendHeld(storage::Clock::time_point now) {
         << "message of " << msg->raw.size() << " bytes does not fit a WAL segment (max "
         << writer_->max_message_bytes() << "); ingest must cap message size";
     msg->lsn = result.lsn;
+    msg->logged_ns = now_ns;
     pending_[(pending_head_ + pending_size_) & mask] = msg;
     ++pending_size_;
     ++held_next_;

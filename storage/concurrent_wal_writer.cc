@@ -85,6 +85,7 @@ base::Result<std::uint64_t> ConcurrentWalWriter::AppendAndWait(const WalMessage&
         if (!retried_full && !has_leader_) {  // retention may free space for a new forwarded LSN
           retried_full = true;
           writer_->Poll(Clock::now());
+          writer_->FinishRetention();
           continue;
         }
         return base::MakeError("wal.full", "WAL disk budget reached; retry later");

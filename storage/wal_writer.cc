@@ -58,6 +58,13 @@ WalWriter::~WalWriter() {
     }
     io_uring_queue_exit(&ring_);
   }
+  if (unlink_ring_ready_) {
+    if (unlink_in_flight_) {  // the kernel reads the path: wait for it
+      io_uring_cqe* cqe = nullptr;
+      if (io_uring_wait_cqe(&unlink_ring_, &cqe) == 0) io_uring_cqe_seen(&unlink_ring_, cqe);
+    }
+    io_uring_queue_exit(&unlink_ring_);
+  }
   for (Group& g : groups_) {
     for (int fd : g.close_after) ::close(fd);
   }
@@ -95,6 +102,13 @@ base::Result<std::unique_ptr<WalWriter>> WalWriter::Open(WalConfig config) {
   // (best effort: kernels before 5.14 keep the inherited affinity).
   const cpu_set_t cpus = engine::ProcessCpuSet();
   io_uring_register_iowq_aff(&w.ring_, sizeof(cpus), &cpus);
+  // Retention's unlinks get their own ring, hence their own io-wq worker: never queued behind a
+  // commit, never ahead of one.
+  if (const int rc = io_uring_queue_init(2, &w.unlink_ring_, 0); rc < 0) {
+    return Errno("wal.io_uring", "io_uring_queue_init (retention)", -rc);
+  }
+  w.unlink_ring_ready_ = true;
+  io_uring_register_iowq_aff(&w.unlink_ring_, sizeof(cpus), &cpus);
   w.event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (w.event_fd_ < 0) return Errno("wal.eventfd", "eventfd", errno);
   if (const int rc = io_uring_register_eventfd(&w.ring_, w.event_fd_); rc < 0) {
@@ -444,30 +458,54 @@ void WalWriter::ApplyRetention(Clock::time_point now) {
   const std::uint64_t forwarded = forwarded_lsn_.load(std::memory_order_acquire);
   if (forwarded == applied_forwarded_lsn_ && config_.keep_forwarded.count() == 0) return;
   applied_forwarded_lsn_ = forwarded;
-  bool freed = false;
   while (segments_.size() >= 2) {
     const SegmentInfo& oldest = segments_.front();
     if (segments_[1].first_lsn - 1 > forwarded) break;
     if (now - oldest.sealed_at < config_.keep_forwarded) break;
-    const std::string path = config_.dir + "/" + oldest.name;
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      Fail(Errno("wal.unlink", "unlink " + path, errno));
+    unlinks_.push_back(Unlink{config_.dir + "/" + oldest.name, oldest.allocated});
+    segments_.pop_front();
+  }
+}
+
+void WalWriter::PumpUnlinks(Clock::time_point now, bool paced) {
+  if (unlink_in_flight_) {
+    io_uring_cqe* cqe = nullptr;
+    if (io_uring_peek_cqe(&unlink_ring_, &cqe) != 0 || cqe == nullptr) return;
+    const int res = cqe->res;
+    io_uring_cqe_seen(&unlink_ring_, cqe);
+    unlink_in_flight_ = false;
+    last_unlink_done_ = now;
+    const Unlink done = std::move(unlinks_.front());
+    unlinks_.pop_front();
+    if (res < 0 && res != -ENOENT) {
+      Fail(Errno("wal.unlink", "unlink " + done.path, -res));
       return;
     }
-    log_bytes_ -= std::min(log_bytes_, oldest.allocated);
-    segments_.pop_front();
-    stats_.segments_deleted.fetch_add(1, std::memory_order_relaxed);
-    freed = true;
-  }
-  if (freed) {
+    log_bytes_ -= std::min(log_bytes_, done.allocated);
     stats_.log_bytes.store(log_bytes_, std::memory_order_relaxed);
+    stats_.segments_deleted.fetch_add(1, std::memory_order_relaxed);
     retry_create_at_ = Clock::time_point{};  // a full log may create its next segment now
   }
+  if (unlinks_.empty() || failure_) return;
+  // Paced unless the log is full: each unlink makes ext4 discard (with the discard mount option)
+  // or at least free the segment's extents; back to back, they starve the pipeline's reads and
+  // syncs of the device for seconds after a dedup snapshot lets 30 s of segments go at once.
+  if (paced && !full_.load(std::memory_order_relaxed) && now - last_unlink_done_ < kUnlinkGap) return;
+  io_uring_sqe* sqe = io_uring_get_sqe(&unlink_ring_);
+  MR_CHECK(sqe != nullptr) << "retention io_uring submission queue full";
+  io_uring_prep_unlinkat(sqe, AT_FDCWD, unlinks_.front().path.c_str(), 0);
+  sqe->flags |= IOSQE_ASYNC;
+  if (const int rc = io_uring_submit(&unlink_ring_); rc < 0) {
+    Fail(Errno("wal.io_uring", "io_uring_submit (retention)", -rc));
+    return;
+  }
+  unlink_in_flight_ = true;
 }
 
 std::uint64_t WalWriter::Poll(Clock::time_point now) {
   if (inflight_ != nullptr) Reap();
   ApplyRetention(now);
+  PumpUnlinks(now, /*paced=*/true);
   if (!failure_ && inflight_ == nullptr && open_->used > 0 &&
       (open_->used + kRecordHeaderBytes >= config_.max_group_bytes || now - open_->opened >= config_.max_linger)) {
     Submit();
@@ -478,6 +516,9 @@ std::uint64_t WalWriter::Poll(Clock::time_point now) {
 Clock::time_point WalWriter::next_deadline() const {
   if (inflight_ != nullptr) return Clock::now() + kInFlightRecheck;
   if (open_->used > 0) return open_->opened + config_.max_linger;
+  if (!unlinks_.empty()) {  // an idle log still frees its disk
+    return unlink_in_flight_ ? Clock::now() + kUnlinkRecheck : last_unlink_done_ + kUnlinkGap;
+  }
   return Clock::time_point::max();
 }
 
@@ -487,6 +528,15 @@ void WalWriter::Flush() {
     io_uring_cqe* cqe = nullptr;
     if (inflight_ != nullptr && io_uring_wait_cqe(&ring_, &cqe) < 0) break;
     Reap();
+  }
+  FinishRetention();
+}
+
+void WalWriter::FinishRetention() {
+  while (!failure_ && !unlinks_.empty()) {
+    io_uring_cqe* cqe = nullptr;
+    if (unlink_in_flight_ && io_uring_wait_cqe(&unlink_ring_, &cqe) < 0) break;
+    PumpUnlinks(Clock::now(), /*paced=*/false);  // the caller waits
   }
 }
 

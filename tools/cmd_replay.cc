@@ -56,6 +56,13 @@ void PrintRunFigures(const Pipeline& p, const engine::Snapshot& snapshot) {
              ms("end_to_end_latency_ns_p50"), ms("end_to_end_latency_ns_p90"), ms("end_to_end_latency_ns_p99"),
              ms("end_to_end_latency_ns_p999"), ms("end_to_end_latency_ns_max"),
              SampleValue(snapshot, "end_to_end_latency_ns_count"));
+  for (const char* part : {"accepted_to_logged", "logged_to_durable", "durable_to_end"}) {
+    auto part_ms = [&](const char* q) {
+      return SampleValue(snapshot, fmt::format("latency_part_ns_{}", q), {"part", part}) / 1e6;
+    };
+    fmt::print("  part {:<19} p50 {:.3f} ms, p90 {:.3f} ms, p99 {:.3f} ms, p99.9 {:.3f} ms, max {:.3f} ms\n", part,
+               part_ms("p50"), part_ms("p90"), part_ms("p99"), part_ms("p999"), part_ms("max"));
+  }
   const storage::WalWriterStats& wal = p.wal().stats();
   const double groups = static_cast<double>(wal.groups.load());
   const engine::LatencyHistogram::Snapshot commit = wal.commit_latency_ns.Take();

@@ -196,6 +196,10 @@ std::string Render(const Flat& now, const Flat& before, double seconds, const st
                    Get(now, "end_to_end_latency_ns_p50") / 1e6, Get(now, "end_to_end_latency_ns_p90") / 1e6,
                    Get(now, "end_to_end_latency_ns_p99") / 1e6, Get(now, "end_to_end_latency_ns_p999") / 1e6,
                    Get(now, "end_to_end_latency_ns_max") / 1e6));
+  line(fmt::format("  p99 by part: accepted -> logged {:.3f} ms  logged -> durable {:.3f} ms  durable -> end {:.3f} ms",
+                   Get(now, "latency_part_ns_p99{part=accepted_to_logged}") / 1e6,
+                   Get(now, "latency_part_ns_p99{part=logged_to_durable}") / 1e6,
+                   Get(now, "latency_part_ns_p99{part=durable_to_end}") / 1e6));
   std::string outcomes;
   for (const auto& [k, v] : now) {
     if (k.rfind("messages_final{outcome=", 0) == 0) outcomes += fmt::format("{} {:.0f}  ", k.substr(23, k.size() - 24), v);

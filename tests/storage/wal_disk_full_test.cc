@@ -51,6 +51,7 @@ TEST(WalDiskFullTest, EnospcOnATmpfsPushesBackAndRecoversWhenSpaceReturns) {
   // The forward stage catches up; retention deletes forwarded segments and the log moves on.
   w.set_forwarded_lsn(accepted);
   w.Poll(Clock::now());
+  w.FinishRetention();
   const auto r = w.TryAppend(testing::Msg(body), Clock::now());
   ASSERT_EQ(r.status, WalWriter::AppendStatus::kAppended);
   EXPECT_EQ(r.lsn, accepted + 1);

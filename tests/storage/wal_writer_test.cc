@@ -269,7 +269,8 @@ TEST(WalWriterTest, RetentionDeletesOnlySegmentsAtOrBelowTheCheckpoint) {
   const std::uint64_t forwarded = before[3].first - 1;  // segments 0..2 are entirely forwarded
   ASSERT_TRUE(WriteCheckpoint(dir.path(), forwarded + 5).has_value());
   w->set_forwarded_lsn(forwarded + 5);
-  w->Poll(Clock::now());
+  w->Poll(Clock::now());  // queues the unlinks (io_uring, off the caller's thread)
+  w->Flush();             // waits for them
   auto after = ListSegments(dir.path()).value();
   EXPECT_EQ(after.size(), before.size() - 3);
   EXPECT_EQ(after.front().first, before[3].first);
@@ -289,8 +290,10 @@ TEST(WalWriterTest, KeepForwardedDelaysDeletion) {
   const std::size_t before = ListSegments(dir.path())->size();
   w->set_forwarded_lsn(200);
   w->Poll(Clock::now());
+  w->Flush();
   EXPECT_EQ(ListSegments(dir.path())->size(), before);
   w->Poll(Clock::now() + std::chrono::hours(2));
+  w->Flush();
   EXPECT_EQ(ListSegments(dir.path())->size(), 1u);  // only the segment being written remains
 }
 
@@ -324,9 +327,11 @@ TEST(WalWriterTest, DiskBudgetPushesBackAndRecoversWhenRetentionFreesSpace) {
   // Still full while nothing is forwarded.
   EXPECT_EQ(w->TryAppend(Msg(body), Clock::now() + std::chrono::seconds(1)).status,
             WalWriter::AppendStatus::kDiskFull);
-  // The forward stage catches up: retention frees segments and appends resume.
+  // The forward stage catches up: retention frees segments and appends resume once the unlinks
+  // completed (the budget counts a segment until its space is free).
   w->set_forwarded_lsn(appended);
   w->Poll(Clock::now());
+  w->Flush();
   auto r = w->TryAppend(Msg(body), Clock::now());
   ASSERT_EQ(r.status, WalWriter::AppendStatus::kAppended);
   EXPECT_EQ(r.lsn, appended + 1);
