@@ -44,4 +44,23 @@ ParseCounters ParseStage::counters() const {
   return c;
 }
 
+void ParseStage::Report(engine::Snapshot& s) const {
+  const ParseCounters c = counters();
+  const engine::Labels stage = {{"stage", std::string(name_)}};
+  s.Counter("stage_messages_in", static_cast<double>(c.messages), stage);
+  s.Counter("parse_bytes", static_cast<double>(c.bytes), stage, "bytes of the messages parsed");
+  s.Counter("parse_messages_with_defects", static_cast<double>(c.messages_with_defects), stage,
+            "messages parsed with at least one defect");
+  for (std::size_t i = 0; i < c.defects.size(); ++i) {
+    if (c.defects[i] == 0) continue;
+    s.Counter("parse_defects", static_cast<double>(c.defects[i]), {{"stage", std::string(name_)}, {"defect", std::string(defect::kAll[i])}},
+              "defects found, by kind (kinds with none are left out)");
+  }
+  for (std::size_t i = 0; i < c.failures.size(); ++i) {
+    s.Counter("parse_failures", static_cast<double>(c.failures[i]),
+              {{"stage", std::string(name_)}, {"reason", std::string(parse_failure::kAll[i])}},
+              "messages nothing could be parsed of (quarantined), by reason");
+  }
+}
+
 }  // namespace mailrail::stages

@@ -47,6 +47,8 @@ class ParseStage final : public engine::Stage {
   unsigned cost_hint() const override { return 9; }
 
   ParseCounters counters() const;
+  // Messages and bytes in, messages with defects, defects by kind and failures by reason.
+  void Report(engine::Snapshot& snapshot) const override;
 
  private:
   struct Counter {

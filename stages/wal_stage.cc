@@ -144,6 +144,32 @@ std::size_t WalStage::AppendInput(storage::Clock::time_point now) {
   return handled + n;
 }
 
+void WalStage::Report(engine::Snapshot& s) const {
+  auto v = [](const std::atomic<std::uint64_t>& n) { return static_cast<double>(n.load(std::memory_order_relaxed)); };
+  const storage::WalWriterStats& w = writer_->stats();
+  s.Counter("stage_messages_in", v(stats_.appended), {{"stage", "wal"}});
+  s.Counter("stage_messages_out", v(stats_.released) + v(stats_.recovered_passed), {{"stage", "wal"}},
+            "messages the stage pushed downstream");
+  s.Counter("wal_records", v(w.records), {}, "records made durable (write + fdatasync returned)");
+  s.Counter("wal_bytes", v(w.bytes), {}, "bytes made durable, record framing included");
+  s.Counter("wal_commits", v(w.groups), {}, "commit groups (one write + fdatasync chain each)");
+  s.Quantiles("wal_commit_latency_ns", w.commit_latency_ns.Take());
+  s.Quantiles("wal_group_records", w.group_records.Take());
+  s.Quantiles("wal_group_bytes", w.group_bytes.Take());
+  s.Gauge("wal_durable_lsn", v(w.durable_lsn), {}, "highest durable LSN");
+  s.Gauge("wal_retention_lsn", static_cast<double>(writer_->forwarded_lsn()), {},
+          "segments entirely at or below this LSN may be deleted (forward checkpoint, dedup snapshot, source positions)");
+  s.Gauge("wal_disk_bytes", v(w.log_bytes), {}, "bytes allocated by the log's segments");
+  s.Gauge("wal_disk_budget_bytes", static_cast<double>(writer_->config().disk_budget_bytes), {},
+          "wal.disk_budget (0: only the file system's space)");
+  s.Gauge("wal_full", writer_->is_full() ? 1 : 0, {}, "1 while the disk budget or space stops new segments");
+  s.Counter("wal_segments_created", v(w.segments_created));
+  s.Counter("wal_segments_deleted", v(w.segments_deleted));
+  s.Counter("wal_disk_full_events", v(w.disk_full_events));
+  s.Counter("wal_full_stalls", v(stats_.full_stalls), {}, "rounds the stage held input for a full log");
+  s.Counter("wal_short_write_fallbacks", v(w.short_write_fallbacks));
+}
+
 bool WalStage::IsFinished() const {
   return input_->IsDrained() && (recovered_ == nullptr || recovered_->IsDrained()) && held_.empty() &&
          pending_size_ == 0 && outbox_.empty() && !writer_->has_unsubmitted() && !writer_->commit_in_flight();

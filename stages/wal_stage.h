@@ -53,6 +53,9 @@ class WalStage final : public engine::Stage {
   bool IsFinished() const override;
   engine::Clock::time_point next_deadline() const override;
   unsigned cost_hint() const override { return 6; }
+  // Messages in and out, and the WalWriter's figures: records, bytes and commits made durable,
+  // group sizes and commit latency (histograms), durable and retention LSNs, segments and disk use.
+  void Report(engine::Snapshot& snapshot) const override;
 
   const WalStageStats& stats() const { return stats_; }
 

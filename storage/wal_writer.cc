@@ -425,6 +425,8 @@ void WalWriter::CompleteInflight() {
   stats_.records.fetch_add(g.records, std::memory_order_relaxed);
   stats_.bytes.fetch_add(g.used, std::memory_order_relaxed);
   stats_.durable_lsn.store(durable_lsn_, std::memory_order_relaxed);
+  stats_.group_records.Record(g.records);
+  stats_.group_bytes.Record(g.used);
   stats_.commit_latency_ns.Record(static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - g.submitted).count()));
   // The log is read again only after a restart: the group's pages, clean now, leave the page cache

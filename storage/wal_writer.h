@@ -31,9 +31,10 @@
 //   lesson), so the writer stops: failure() is set, TryAppend returns kFailed and durable_lsn()
 //   never advances again. The daemon must exit and recover from the log.
 //
-// Threading: every method except set_forwarded_lsn, is_full and stats() is called by one thread
-//   at a time (the WAL stage's thread, or ConcurrentWalWriter's mutex holder). set_forwarded_lsn
-//   (release store), is_full and stats (relaxed loads) may be called from any thread.
+// Threading: every method except set_forwarded_lsn, forwarded_lsn, is_full, stats() and config()
+//   is called by one thread at a time (the WAL stage's thread, or ConcurrentWalWriter's mutex
+//   holder). set_forwarded_lsn (release store), forwarded_lsn (acquire load), is_full and stats
+//   (relaxed loads) and config (immutable) may be called from any thread.
 // Blocking: TryAppend and Poll never wait for the disk, except for segment creation and the rare
 //   short-write fallback. event_fd() becomes readable when io_uring posts a completion: park on it
 //   (poll/epoll) while a group is in flight.
@@ -82,6 +83,8 @@ struct WalWriterStats {
   std::atomic<std::uint64_t> disk_full_events{0};
   std::atomic<std::uint64_t> short_write_fallbacks{0};
   engine::LatencyHistogram commit_latency_ns;  // group submitted -> completion reaped (write + fdatasync)
+  engine::LatencyHistogram group_records;      // records per commit group
+  engine::LatencyHistogram group_bytes;        // bytes per commit group
 };
 
 // What Open found and repaired.
@@ -149,6 +152,7 @@ class WalWriter {
   const base::Error* failure() const { return failure_ ? &*failure_ : nullptr; }
   bool is_full() const { return full_.load(std::memory_order_relaxed); }
   void set_forwarded_lsn(std::uint64_t lsn) { forwarded_lsn_.store(lsn, std::memory_order_release); }
+  std::uint64_t forwarded_lsn() const { return forwarded_lsn_.load(std::memory_order_acquire); }
   const WalWriterStats& stats() const { return stats_; }
   const WalConfig& config() const { return config_; }
 

@@ -235,8 +235,25 @@ class DaemonTest(unittest.TestCase):
             if final["forwarded"] == 10:
                 break
         self.assertEqual(final["forwarded"], 10)
+        # The WAL and parse stages, and the latency with its three parts, match the same 10 messages.
+        self.assertEqual(samples(stats, "stage_messages_in", stage="wal"), [10])
+        self.assertEqual(samples(stats, "stage_messages_out", stage="wal"), [10])
+        self.assertEqual(samples(stats, "stage_messages_in", stage="parse"), [10])
+        self.assertEqual(stats["wal_records"], 10)
+        self.assertEqual(stats["wal_durable_lsn"], 10)
+        self.assertGreater(stats["wal_bytes"], sum(len(message(i)) for i in range(10)))
+        self.assertGreaterEqual(stats["wal_commits"], 1)
+        self.assertEqual(stats["wal_commit_latency_ns_count"], stats["wal_commits"])
+        self.assertEqual(stats["wal_group_records_count"], stats["wal_commits"])
+        self.assertGreater(stats["wal_commit_latency_ns_max"], 0)
+        self.assertGreater(stats["wal_disk_bytes"], 0)
+        self.assertEqual(stats["end_to_end_latency_ns_count"], 10)
+        for part in ("accepted_to_logged", "logged_to_durable", "durable_to_end"):
+            self.assertEqual(samples(stats, "latency_part_ns_count", part=part), [10], part)
         prom = read_stats(os.path.join(self.tmp, "stats.sock"), "prometheus")
         self.assertIn('mailrail_messages_final{outcome="forwarded"} 10', prom)
+        self.assertIn("mailrail_wal_records 10", prom)
+        self.assertRegex(prom, r'mailrail_latency_part_ns_p99\{part="logged_to_durable"\} \d')
         self.assertIn("# TYPE mailrail_ring_fill gauge", prom)
         out = subprocess.run([BIN, "stats", "--socket", os.path.join(self.tmp, "stats.sock")],
                              capture_output=True, text=True, timeout=10)
@@ -511,6 +528,9 @@ class DaemonTest(unittest.TestCase):
             self.assertIn("mailrail top", screen)
             self.assertIn("forward", screen)
             self.assertRegex(screen, r"(?m)^dedup +1 ")  # summed over the dedup workers' labels
+            self.assertRegex(screen, r"(?m)^wal +1 ")
+            self.assertRegex(screen, r"(?m)^parse +1 ")
+            self.assertIn("p99 by part: accepted -> logged", screen)
             self.assertIn("thread {", screen)
             self.assertIn("wal->parse", screen)
             subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
