@@ -128,12 +128,25 @@ class Daemon final : public net::ControlService {
     return {200, fmt::format(R"({{"status":"stopped","session_id":{}}})", session_id_)};
   }
 
+  // Messages accepted (durable in the WAL, or recovered from it at start) and processed (at their
+  // final outcome). Any thread: relaxed loads only.
+  std::pair<std::uint64_t, std::uint64_t> Progress() const {
+    return {pipeline_->wal().stats().records.load(std::memory_order_relaxed) + pipeline_->recovery().recovered(),
+            pipeline_->sink().counters().total()};
+  }
+
+  // The session's progress on the stats socket, as GET /session/status reports it.
+  void ReportProgress(engine::Snapshot& s) const {
+    const auto [accepted, processed] = Progress();
+    s.Gauge("session_total", static_cast<double>(accepted), {}, "messages accepted (durable) since start");
+    s.Gauge("session_processed", static_cast<double>(processed), {}, "accepted messages at their final outcome");
+    s.Gauge("session_percent", accepted == 0 ? 100.0 : 100.0 * static_cast<double>(processed) / static_cast<double>(accepted));
+  }
+
   net::ControlReply SessionStatus() override {
     const auto& out = pipeline_->sink().counters();
     const stages::ParseCounters parsed = pipeline_->parse().counters();
-    const std::uint64_t accepted = pipeline_->wal().stats().records.load(std::memory_order_relaxed) +
-                                   pipeline_->recovery().recovered();
-    const std::uint64_t processed = out.total();
+    const auto [accepted, processed] = Progress();
     const std::uint64_t failed = out.quarantined_unparseable.load() + out.dead_lettered.load();
     std::lock_guard lock(mutex_);
     return {200, fmt::format(
@@ -419,6 +432,7 @@ int RunDaemon(const std::string& config_path) {
       loop->get(), &*job_store, std::move(sync_sources), [&pipeline] { return pipeline.sink().durable_lsn(); },
       sync_config, [&config](std::string_view event, const net::ImapLogFields& fields) { Log(config, event, fields); });
   Daemon daemon(&pipeline, &registry, &ingest, imap.get(), graph.get(), &sync_jobs, log_reload);
+  registry.Add([&daemon](engine::Snapshot& s) { daemon.ReportProgress(s); });
   net::ControlApi control(&daemon, net::ControlApiConfig{config.http.bearer_token});
   control.Install(**server);
 

@@ -248,6 +248,7 @@ class DaemonTest(unittest.TestCase):
         self.assertGreater(stats["wal_commit_latency_ns_max"], 0)
         self.assertGreater(stats["wal_disk_bytes"], 0)
         self.assertEqual(stats["end_to_end_latency_ns_count"], 10)
+        self.assertEqual((stats["session_total"], stats["session_processed"], stats["session_percent"]), (10, 10, 100))
         for part in ("accepted_to_logged", "logged_to_durable", "durable_to_end"):
             self.assertEqual(samples(stats, "latency_part_ns_count", part=part), [10], part)
         prom = read_stats(os.path.join(self.tmp, "stats.sock"), "prometheus")
