@@ -53,7 +53,8 @@ void ParseStage::Report(engine::Snapshot& s) const {
             "messages parsed with at least one defect");
   for (std::size_t i = 0; i < c.defects.size(); ++i) {
     if (c.defects[i] == 0) continue;
-    s.Counter("parse_defects", static_cast<double>(c.defects[i]), {{"stage", std::string(name_)}, {"defect", std::string(defect::kAll[i])}},
+    s.Counter("parse_defects", static_cast<double>(c.defects[i]),
+              {{"stage", std::string(name_)}, {"defect", std::string(defect::kAll[i])}},
               "defects found, by kind (kinds with none are left out)");
   }
   for (std::size_t i = 0; i < c.failures.size(); ++i) {
