@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -80,12 +81,13 @@ engine::Clock::time_point JsonlSink::next_deadline() const {
 }
 
 JsonlSink::~JsonlSink() {
-  // A sink stopped before its stream ended still makes durable what it has.
+  // A sink stopped before its stream ended still makes durable what it has. The topology (its
+  // thread, waiter and input channel) may be gone already: no wake-up from here on.
   if (!buffer_.empty()) (void)WriteBuffer();
-  if (buffered_lsn_ > requested_lsn_) RequestSync();
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
+    sync_request_ = std::max(sync_request_, buffered_lsn_);
   }
   sync_wanted_.notify_one();
   sync_thread_.join();  // after the last requested sync
@@ -102,13 +104,17 @@ void JsonlSink::RequestSync() {
   sync_wanted_.notify_one();
 }
 
+std::uint64_t JsonlSink::SyncedThrough() {
+  std::lock_guard lock(mutex_);
+  return synced_lsn_;
+}
+
 void JsonlSink::SyncLoop() {
-  std::uint64_t synced = 0;
   std::unique_lock lock(mutex_);
   for (;;) {
-    sync_wanted_.wait(lock, [&] { return stopping_ || sync_request_ > synced; });
-    if (sync_request_ <= synced) return;  // stopping, and every request is done
-    const std::uint64_t lsn = sync_request_;  // later requests coalesce into the next round
+    sync_wanted_.wait(lock, [&] { return stopping_ || sync_request_ > synced_lsn_; });
+    if (sync_request_ <= synced_lsn_) return;  // stopping, and every request is done
+    const std::uint64_t lsn = sync_request_;   // later requests coalesce into the next round
     lock.unlock();
     // A sink that cannot sync is fatal for this run, as one that cannot write: nothing may be
     // checkpointed that is not on disk, and the WAL keeps every message for a rerun.
@@ -118,9 +124,13 @@ void JsonlSink::SyncLoop() {
     }
     if (on_durable_) on_durable_(lsn);  // the checkpoint first: durable_lsn() never runs ahead of it
     durable_lsn_.store(lsn, std::memory_order_release);
-    if (engine::Waiter* waiter = in_->consumer_waiter(); waiter != nullptr) waiter->Notify();
-    synced = lsn;
     lock.lock();
+    synced_lsn_ = lsn;
+    // Under the mutex, which the stage also holds to decide that it is finished: once it is (and
+    // its thread may exit and the topology go), this thread never touches its waiter again.
+    if (!stopping_) {
+      if (engine::Waiter* waiter = in_->consumer_waiter(); waiter != nullptr) waiter->Notify();
+    }
   }
 }
 
@@ -169,7 +179,7 @@ std::size_t JsonlSink::RunOnce() {
     }
   }
   if (sync_due) RequestSync();
-  if (drained && durable_lsn_.load(std::memory_order_acquire) >= buffered_lsn_) finished_ = true;
+  if (drained && SyncedThrough() >= buffered_lsn_) finished_ = true;
   return n;
 }
 

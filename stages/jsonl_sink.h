@@ -12,8 +12,10 @@
 //   time, so the stage's thread (on a small machine also ingest's and the WAL's) never waits for
 //   the disk; the sync thread wakes the stage's thread through its input channel's consumer
 //   waiter when a sync completes. Counters are read by anyone with relaxed loads.
-// Memory ordering: durable_lsn_ is stored with release after on_durable returned; the stage reads
-//   it with acquire. The sync request (an LSN) passes under mutex_.
+// Memory ordering: durable_lsn_ is stored with release after on_durable returned, for readers on
+//   any thread. The sync request and the synced LSN pass under mutex_, and the sync thread wakes
+//   the stage's thread under it too: the stage decides it is finished under mutex_, so no wake-up
+//   reaches a waiter the topology may have destroyed after the stage's thread exited.
 
 #include <atomic>
 #include <chrono>
@@ -54,6 +56,8 @@ class JsonlSink final : public TerminalStage {
   base::Status WriteBuffer();
   // Asks the sync thread to make everything handled so far durable (if it is not yet asked to).
   void RequestSync();
+  // The highest LSN the sync thread has made durable (under mutex_).
+  std::uint64_t SyncedThrough();
   void SyncLoop();
 
   std::string path_;
@@ -72,7 +76,8 @@ class JsonlSink final : public TerminalStage {
   std::mutex mutex_;
   std::condition_variable sync_wanted_;
   std::uint64_t sync_request_ = 0;  // guarded by mutex_: the LSN to make durable next
-  bool stopping_ = false;           // guarded by mutex_
+  std::uint64_t synced_lsn_ = 0;    // guarded by mutex_: made durable and checkpointed
+  bool stopping_ = false;           // guarded by mutex_: destruction; no more wake-ups
   std::thread sync_thread_;         // last member: started once everything it uses exists
   OutcomeCounters counters_;
   LatencyParts latency_;  // end state: written to the sink
