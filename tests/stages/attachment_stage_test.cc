@@ -4,11 +4,10 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "stages/mime_parser.h"
 #include "storage/disk_object_store.h"
+#include "tests/support/corpus.h"
 
 namespace mailrail::stages {
 namespace {
@@ -55,12 +54,7 @@ std::string MessageWith(const std::string& id, const std::string& pdf, std::stri
 
 bool PopOne(engine::Channel<Message*>& channel, Message*& m) { return channel.PopBatch(std::span(&m, 1)) == 1; }
 
-std::string ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+using testing::ReadFile;
 
 class AttachmentStageTest : public ::testing::Test {
  protected:
